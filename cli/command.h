@@ -1,0 +1,13 @@
+// Each module registers its own subcommands on the pgolf application.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace pgolf {
+
+void register_data_commands(CLI::App& app);   // data/data_commands.cpp
+void register_env_command(CLI::App& app);     // model/runtime.cpp
+
+}  // namespace pgolf

@@ -1,0 +1,42 @@
+# Third-party dependencies, found the same way on Debian 12 (libtorch 1.13.1
+# CPU) and on the GPU machine (libtorch 2.11 + CUDA from the PyTorch wheel;
+# scripts/gpu_build.sh points CMAKE_PREFIX_PATH at it).
+find_package(Threads REQUIRED)
+find_package(ZLIB REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+add_library(pgolf::json ALIAS nlohmann_json::nlohmann_json)
+
+find_package(CLI11 CONFIG QUIET)
+if(TARGET CLI11::CLI11)
+  add_library(pgolf::cli11 ALIAS CLI11::CLI11)
+else()
+  find_path(CLI11_INCLUDE CLI/CLI.hpp REQUIRED)
+  add_library(pgolf_cli11 INTERFACE)
+  target_include_directories(pgolf_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE})
+  add_library(pgolf::cli11 ALIAS pgolf_cli11)
+endif()
+
+find_path(SENTENCEPIECE_INCLUDE sentencepiece_processor.h REQUIRED)
+find_library(SENTENCEPIECE_LIB sentencepiece REQUIRED)
+find_library(SENTENCEPIECE_TRAIN_LIB sentencepiece_train REQUIRED)
+add_library(pgolf_sentencepiece INTERFACE)
+target_include_directories(pgolf_sentencepiece SYSTEM INTERFACE ${SENTENCEPIECE_INCLUDE})
+target_link_libraries(pgolf_sentencepiece INTERFACE ${SENTENCEPIECE_TRAIN_LIB} ${SENTENCEPIECE_LIB})
+add_library(pgolf::sentencepiece ALIAS pgolf_sentencepiece)
+
+find_package(Torch REQUIRED)
+add_library(pgolf_torch INTERFACE)
+# Torch's flags carry the ABI define; its include dirs are system dirs so its
+# warnings stay out of ours.
+separate_arguments(PGOLF_TORCH_FLAGS UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+target_compile_options(pgolf_torch INTERFACE ${PGOLF_TORCH_FLAGS})
+target_include_directories(pgolf_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+target_link_libraries(pgolf_torch INTERFACE ${TORCH_LIBRARIES})
+if(TARGET torch_cuda OR CUDA_FOUND OR TORCH_CUDA_LIBRARIES)
+  target_compile_definitions(pgolf_torch INTERFACE PGOLF_WITH_CUDA=1)
+  message(STATUS "pgolf: libtorch ${Torch_VERSION} with CUDA")
+else()
+  target_compile_definitions(pgolf_torch INTERFACE PGOLF_WITH_CUDA=0)
+  message(STATUS "pgolf: libtorch ${Torch_VERSION} (CPU)")
+endif()
+add_library(pgolf::torch ALIAS pgolf_torch)

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The pgolf binary's contract for bad input: exit code 1, exactly one line on
+# stderr that names the file and the problem, nothing on stdout, and no
+# partial output left behind.
+set -u
+PGOLF=$1
+SHARED=$2
+TOK=$SHARED/data/fineweb_8192_bpe.model
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+failures=0 count=0
+
+# expect_error NAME PATTERN -- command...
+expect_error() {
+  local name=$1 pattern=$2
+  shift 3
+  count=$((count + 1))
+  "$@" >"$T/.stdout" 2>"$T/err"
+  local rc=$? lines
+  lines=$(wc -l <"$T/err")
+  if [ "$rc" -ne 1 ] || [ "$lines" -ne 1 ] || ! grep -qF -- "$pattern" "$T/err" || [ -s "$T/.stdout" ]; then
+    echo "FAIL $name: rc=$rc, $lines stderr line(s), want '$pattern'"
+    sed 's/^/    /' "$T/err" | head -5
+    failures=$((failures + 1))
+  else
+    echo "ok   $name: $(cat "$T/err")"
+  fi
+}
+
+shard() {  # shard FILE MAGIC VERSION COUNT PAYLOAD_TOKENS [EXTRA_BYTES]
+  python3 - "$@" <<'PY'
+import struct, sys
+path, magic, version, count, payload = sys.argv[1], *map(int, sys.argv[2:6])
+extra = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+hdr = struct.pack('<256i', magic, version, count, *([0] * 253))
+body = struct.pack('<%dH' % payload, *[(i * 31 + 1) % 8192 for i in range(payload)])
+open(path, 'wb').write(hdr + body + b'\0' * extra)
+PY
+}
+
+shard "$T/magic.bin" 1234 1 8 8
+shard "$T/version.bin" 20240520 7 8 8
+shard "$T/trunc.bin" 20240520 1 100 8
+shard "$T/odd.bin" 20240520 1 8 8 1
+shard "$T/ok.bin" 20240520 1 8 8
+python3 -c "
+import struct; open('$T/bigid.bin','wb').write(struct.pack('<256i',20240520,1,3,*([0]*253))+struct.pack('<3H',1,9000,5))"
+printf 'not a model\n' >"$T/text.model"
+printf '{"text": "fine"}\n{"body": "no text"}\n' >"$T/notext.jsonl"
+printf '{"text": "fine"}\n{"text": "broken\n' >"$T/badjson.jsonl"
+
+expect_error wrong-magic "$T/magic.bin: wrong magic 1234" -- "$PGOLF" data inspect "$T/magic.bin"
+expect_error wrong-version "$T/version.bin: unsupported shard version 7" -- "$PGOLF" data inspect "$T/version.bin"
+expect_error truncated "$T/trunc.bin: truncated shard" -- "$PGOLF" data inspect "$T/trunc.bin"
+expect_error odd-size "$T/odd.bin: odd-sized shard" -- "$PGOLF" data inspect "$T/odd.bin"
+expect_error id-above-vocab "$T/bigid.bin: token id 9000 at position 1 is >= vocab size 8192" -- \
+  "$PGOLF" data bytes --val "$T/bigid.bin" --tokenizer "$TOK"
+expect_error not-a-tokenizer "$T/text.model: not a SentencePiece model" -- \
+  "$PGOLF" data bytes --val "$T/ok.bin" --tokenizer "$T/text.model"
+expect_error shard-as-tokenizer "$T/ok.bin: not a SentencePiece model" -- \
+  "$PGOLF" data inspect "$T/ok.bin" --tokenizer "$T/ok.bin"
+expect_error empty-glob "$T/nothing_*.bin: glob matches no files" -- "$PGOLF" data inspect "$T/nothing_*.bin"
+expect_error missing-file "$T/missing.bin: no such file" -- "$PGOLF" data inspect "$T/missing.bin"
+
+mkdir -p "$T/out"
+shard "$T/out/fineweb_val_000000.bin" 20240520 1 8 8
+before=$(sha256sum "$T/out/fineweb_val_000000.bin")
+expect_error json-without-text "$T/notext.jsonl:2: no \"text\" field" -- \
+  "$PGOLF" data build --docs "$T/notext.jsonl" --tokenizer "$TOK" --out "$T/out" --val-docs 1 --shard-tokens 2
+expect_error invalid-json "$T/badjson.jsonl:2: invalid JSON" -- \
+  "$PGOLF" data build --docs "$T/badjson.jsonl" --tokenizer "$TOK" --out "$T/out" --val-docs 1
+expect_error build-bad-tokenizer "$T/text.model: not a SentencePiece model" -- \
+  "$PGOLF" data build --docs "$T/notext.jsonl" --tokenizer "$T/text.model" --out "$T/out" --val-docs 1
+count=$((count + 1))
+if [ "$(ls -A "$T/out")" != "fineweb_val_000000.bin" ] || [ "$(sha256sum "$T/out/fineweb_val_000000.bin")" != "$before" ]; then
+  echo "FAIL build left partial output: $(ls -A "$T/out")"
+  failures=$((failures + 1))
+else
+  echo "ok   failed builds left the output directory as it was"
+fi
+expect_error train-json-without-text "$T/notext.jsonl:2: no \"text\" field" -- \
+  "$PGOLF" data train-tokenizer --docs "$T/notext.jsonl" --vocab-size 300 --out "$T/tok"
+count=$((count + 1))
+if ls "$T"/tok.* >/dev/null 2>&1; then
+  echo "FAIL train-tokenizer left files behind"; failures=$((failures + 1))
+fi
+
+echo "$((count - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
