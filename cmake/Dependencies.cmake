@@ -16,6 +16,24 @@ else()
   add_library(pgolf::cli11 ALIAS pgolf_cli11)
 endif()
 
+# brotli: Debian's libbrotli-dev here; on the GPU machine (runtime only) the
+# headers come from the carried Debian package (scripts/gpu_build.sh).
+find_path(BROTLI_INCLUDE brotli/encode.h REQUIRED)
+find_library(BROTLIENC_LIB brotlienc REQUIRED)
+find_library(BROTLIDEC_LIB brotlidec REQUIRED)
+find_library(BROTLICOMMON_LIB brotlicommon REQUIRED)
+add_library(pgolf_brotli INTERFACE)
+target_include_directories(pgolf_brotli SYSTEM INTERFACE ${BROTLI_INCLUDE})
+target_link_libraries(pgolf_brotli INTERFACE ${BROTLIENC_LIB} ${BROTLIDEC_LIB} ${BROTLICOMMON_LIB})
+add_library(pgolf::brotli ALIAS pgolf_brotli)
+
+find_path(ZSTD_INCLUDE zstd.h REQUIRED)
+find_library(ZSTD_LIB zstd REQUIRED)
+add_library(pgolf_zstd INTERFACE)
+target_include_directories(pgolf_zstd SYSTEM INTERFACE ${ZSTD_INCLUDE})
+target_link_libraries(pgolf_zstd INTERFACE ${ZSTD_LIB})
+add_library(pgolf::zstd ALIAS pgolf_zstd)
+
 find_path(SENTENCEPIECE_INCLUDE sentencepiece_processor.h REQUIRED)
 find_library(SENTENCEPIECE_LIB sentencepiece REQUIRED)
 find_library(SENTENCEPIECE_TRAIN_LIB sentencepiece_train REQUIRED)
@@ -25,6 +43,10 @@ target_link_libraries(pgolf_sentencepiece INTERFACE ${SENTENCEPIECE_TRAIN_LIB} $
 add_library(pgolf::sentencepiece ALIAS pgolf_sentencepiece)
 
 find_package(Torch REQUIRED)
+# libtorch 2.12+ headers require C++20; the older ones are fine with C++17.
+if(Torch_VERSION VERSION_GREATER_EQUAL 2.12)
+  set(CMAKE_CXX_STANDARD 20)
+endif()
 add_library(pgolf_torch INTERFACE)
 # Torch's flags carry the ABI define; its include dirs are system dirs so its
 # warnings stay out of ours.

@@ -240,7 +240,8 @@ void register_data_commands(CLI::App& app) {
   tt->add_option("--docs", t->first.docs_path, "documents, one {\"text\": ...} per line")->required();
   tt->add_option("--vocab-size", t->first.vocab_size, "number of pieces")->capture_default_str();
   tt->add_option("--out", t->first.out_prefix, "output prefix: writes PREFIX.model and PREFIX.vocab")->required();
-  tt->add_option("--max-docs", t->first.max_docs, "train on the first N documents only (0 = all)");
+  tt->add_option("--skip-docs", t->first.skip_docs, "leave out the first N documents (the validation split)");
+  tt->add_option("--max-docs", t->first.max_docs, "then train on at most N documents (0 = all)");
   tt->add_option("--threads", t->first.threads, "trainer threads (0 = all cores)");
   tt->add_flag("--json", t->second, "print a JSON summary on stdout");
   tt->callback([t]() { run_train_tokenizer(t->first, t->second); });

@@ -22,9 +22,11 @@ namespace {
 // training starts, so a bad line fails fast and leaves no output.
 class DocumentSentences {
  public:
-  DocumentSentences(const std::string& path, uint64_t max_docs) {
+  DocumentSentences(const std::string& path, uint64_t skip_docs, uint64_t max_docs) {
     JsonlDocuments docs(path);
     std::string text;
+    for (uint64_t i = 0; i < skip_docs && docs.next(text); ++i) {
+    }
     for (uint64_t read = 0; !(max_docs && read >= max_docs) && docs.next(text); ++read) {
       std::replace(text.begin(), text.end(), '\0', ' ');
       std::string s = strip_unicode_whitespace(text);
@@ -53,7 +55,7 @@ TokenizerTrainStats train_tokenizer(const TokenizerTrainOptions& opt) {
     throw Error("--vocab-size must be in [260, 65536] (256 byte pieces + 4 specials), got " +
                 std::to_string(opt.vocab_size));
   if (opt.out_prefix.empty()) throw Error("--out: an output prefix is required");
-  DocumentSentences sentences(opt.docs_path, opt.max_docs);
+  DocumentSentences sentences(opt.docs_path, opt.skip_docs, opt.max_docs);
   if (sentences.count() == 0) fail(opt.docs_path, "no non-empty documents to train on");
   const int threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
   const std::vector<std::pair<std::string, std::string>> args = {

@@ -11,7 +11,8 @@ struct TokenizerTrainOptions {
   std::string docs_path;    // JSON lines with "text"
   std::string out_prefix;   // writes PREFIX.model and PREFIX.vocab
   int vocab_size = 8192;
-  uint64_t max_docs = 0;    // 0 = all documents
+  uint64_t skip_docs = 0;   // leave out the first N documents (a validation split)
+  uint64_t max_docs = 0;    // then use at most N documents; 0 = all
   int threads = 0;          // 0 = hardware concurrency
 };
 

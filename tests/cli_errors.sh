@@ -28,14 +28,8 @@ expect_error() {
 }
 
 shard() {  # shard FILE MAGIC VERSION COUNT PAYLOAD_TOKENS [EXTRA_BYTES]
-  python3 - "$@" <<'PY'
-import struct, sys
-path, magic, version, count, payload = sys.argv[1], *map(int, sys.argv[2:6])
-extra = int(sys.argv[6]) if len(sys.argv) > 6 else 0
-hdr = struct.pack('<256i', magic, version, count, *([0] * 253))
-body = struct.pack('<%dH' % payload, *[(i * 31 + 1) % 8192 for i in range(payload)])
-open(path, 'wb').write(hdr + body + b'\0' * extra)
-PY
+  perl -e 'my ($f, $m, $v, $n, $p, $x) = @ARGV; open(my $o, ">:raw", $f) or die;
+           print $o pack("l<256", $m, $v, $n, (0) x 253), pack("v*", map { ($_ * 31 + 1) % 8192 } 0 .. $p - 1), "\0" x ($x // 0);' "$@"
 }
 
 shard "$T/magic.bin" 1234 1 8 8
@@ -43,8 +37,7 @@ shard "$T/version.bin" 20240520 7 8 8
 shard "$T/trunc.bin" 20240520 1 100 8
 shard "$T/odd.bin" 20240520 1 8 8 1
 shard "$T/ok.bin" 20240520 1 8 8
-python3 -c "
-import struct; open('$T/bigid.bin','wb').write(struct.pack('<256i',20240520,1,3,*([0]*253))+struct.pack('<3H',1,9000,5))"
+perl -e 'open(my $o, ">:raw", $ARGV[0]) or die; print $o pack("l<256", 20240520, 1, 3, (0) x 253), pack("v*", 1, 9000, 5);' "$T/bigid.bin"
 printf 'not a model\n' >"$T/text.model"
 printf '{"text": "fine"}\n{"body": "no text"}\n' >"$T/notext.jsonl"
 printf '{"text": "fine"}\n{"text": "broken\n' >"$T/badjson.jsonl"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds, tests and measures pgolf on the GPU machine (Ubuntu 24.04, CUDA 13,
+# libtorch 2.11 inside the PyTorch wheel, no package registry). Prints a short
+# table last. Inputs that machine lacks travel in .carry/ (see
+# scripts/gpu_carry.sh, run on the CPU machine): the Debian libbrotli-dev
+# package (headers only; the runtime libbrotli is there), a copy of the
+# shared/ files the tests read, and the demo-corpus cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+C=$PWD/.carry
+B=${BUILD_DIR:-build-gpu}
+PREFIX=$C/prefix
+
+# brotli headers from the Debian package; link names to the system runtime.
+rm -rf "$PREFIX" "$C/unpack" && mkdir -p "$PREFIX/lib"
+dpkg -x "$(ls "$C"/debs/libbrotli-dev_*.deb | head -1)" "$C/unpack"
+cp -r "$C/unpack/usr/include" "$PREFIX/"
+for l in brotlienc brotlidec brotlicommon; do
+  so=$(ldconfig -p | awk -v n="lib$l.so.1" '$1 == n {print $NF; exit}')
+  [ -n "$so" ] || { echo "gpu_build: runtime lib$l.so.1 not found" >&2; exit 1; }
+  ln -sf "$so" "$PREFIX/lib/lib$l.so"
+done
+
+TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+export TORCH_CUDA_ARCH_LIST=9.0
+export PGOLF_CACHE=$C/cache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+rm -rf "$B"
+t0=$EPOCHREALTIME
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$PREFIX" \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DPGOLF_SHARED_DIR="$C/shared" 2>&1 | tail -5
+t1=$EPOCHREALTIME
+cmake --build "$B" -j "$(nproc)" 2>&1 | tail -3
+t2=$EPOCHREALTIME
+ctest --test-dir "$B" --output-on-failure -j 8 2>&1 | tail -15
+t3=$EPOCHREALTIME
+touch data/shard.cpp && cmake --build "$B" 2>&1 | tail -1
+t4=$EPOCHREALTIME
+"$B/pgolf" env --bench --json >"${OUT:-/tmp}/env.json"
+"$B/pgolf" data bytes --val "$C/shared/data/corpus/fineweb_val_*.bin" --tokenizer "$C/shared/data/fineweb_8192_bpe.model" --json
+
+d() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+echo
+echo "| step | seconds |"
+echo "|---|---|"
+echo "| configure | $(d "$t0" "$t1") |"
+echo "| clean build ($(nproc) cores) | $(d "$t1" "$t2") |"
+echo "| ctest | $(d "$t2" "$t3") |"
+echo "| rebuild after touching one data/ file | $(d "$t3" "$t4") |"
+echo "env: $(cat "${OUT:-/tmp}/env.json")"
