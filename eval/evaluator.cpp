@@ -1,0 +1,112 @@
+#include "eval/evaluator.h"
+
+#include <cmath>
+
+#include "data/byte_counter.h"
+#include "data/document_index.h"
+#include "data/error.h"
+#include "data/token_stream.h"
+#include "model/pch.h"
+
+namespace pgolf {
+
+double EvalResult::bpb() const { return bytes ? nll_sum / std::log(2.0) / double(bytes) : 0.0; }
+
+double EvalResult::bpb_stderr() const {
+  // Delta method for r = sum(nll) / sum(bytes) over n documents:
+  // se(r) = sqrt(n / (n - 1) * sum((nll_i - r bytes_i)^2)) / sum(bytes).
+  size_t n = 0;
+  for (const DocumentTotals& d : docs) n += d.targets > 0;
+  if (n < 2 || bytes == 0) return 0.0;
+  const double r = nll_sum / double(bytes);
+  double ss = 0;
+  for (const DocumentTotals& d : docs)
+    if (d.targets > 0) {
+      const double e = d.nll - r * double(d.bytes);
+      ss += e * e;
+    }
+  return std::sqrt(double(n) / double(n - 1) * ss) / double(bytes) / std::log(2.0);
+}
+
+void EvalResult::add(const EvalResult& o) {
+  nll_sum += o.nll_sum;
+  targets += o.targets;
+  bytes += o.bytes;
+  windows += o.windows;
+  tokens_in += o.tokens_in;
+  if (docs.size() < o.docs.size()) docs.resize(o.docs.size());
+  for (size_t i = 0; i < o.docs.size(); ++i) {
+    docs[i].nll += o.docs[i].nll;
+    docs[i].bytes += o.docs[i].bytes;
+    docs[i].targets += o.docs[i].targets;
+  }
+}
+
+WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
+  if (o.plan == PlanKind::Standard) return make_standard_plan(num_tokens, o.seq_len);
+  // The sliding records evaluate the stream trimmed as standard eval trims it.
+  return make_record_sliding_plan(num_tokens, o.seq_len, o.stride, o.plan);
+}
+
+EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bc, const EvalOptions& o) {
+  const std::vector<uint16_t> tok = stream.slice(0, stream.size());
+  const WindowPlan plan = make_eval_plan(tok.size(), o);
+  const auto [first, last] = rank_slice(plan, o.rank, o.world);
+  const DocumentIndex docs(tok.data(), tok.size(), o.bos_id);
+  if (bc.size() < size_t(w.config.vocab_size))
+    throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
+                std::to_string(w.config.vocab_size));
+
+  EvalResult r;
+  r.docs.resize(docs.size() + 1);  // + targets before the first BOS
+  uint64_t to_score = 0;
+  for (size_t i = first; i < last; ++i) to_score += plan.windows[i].scored();
+
+  const int64_t L = o.seq_len;
+  const size_t per_batch = std::max<size_t>(1, size_t(o.batch_tokens / uint64_t(L)));
+  const at::Device device = w.get("tok_emb.weight").device();
+  for (size_t b0 = first; b0 < last; b0 += per_batch) {
+    const size_t nb = std::min(per_batch, last - b0);
+    // inputs / targets [nb, L] (short windows padded with 0), score mask [nb, L].
+    at::Tensor in = at::zeros({int64_t(nb), L}, at::kLong), tg = at::zeros({int64_t(nb), L}, at::kLong);
+    at::Tensor mask = at::zeros({int64_t(nb), L}, at::kBool);
+    auto pin = in.accessor<int64_t, 2>(), ptg = tg.accessor<int64_t, 2>();
+    auto pm = mask.accessor<bool, 2>();
+    for (size_t k = 0; k < nb; ++k) {
+      const Window& win = plan.windows[b0 + k];
+      for (uint32_t j = 0; j < win.len; ++j) {
+        pin[k][j] = tok[win.start + j];
+        ptg[k][j] = tok[win.start + j + 1];
+        pm[k][j] = j >= win.score_from;
+      }
+    }
+    ForwardOptions fo;
+    fo.precision = o.precision;
+    fo.score_mask = mask.to(device);
+    if (o.doc_mask) fo.segment_ids = (in == int64_t(o.bos_id)).to(at::kLong).cumsum(1).to(device);
+    at::Tensor nll = forward_nll(w, in.to(device), tg.to(device), fo).to(at::kCPU).to(at::kDouble);
+    auto pn = nll.accessor<double, 2>();
+    for (size_t k = 0; k < nb; ++k) {
+      const Window& win = plan.windows[b0 + k];
+      for (uint32_t j = win.score_from; j < win.len; ++j) {
+        const uint64_t t = win.start + j;  // target index: predicts tok[t + 1] after tok[t]
+        const double v = pn[k][j];
+        const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
+        const size_t d = docs.doc_at(t + 1);
+        DocumentTotals& dt = r.docs[d == SIZE_MAX ? docs.size() : d];
+        dt.nll += v;
+        dt.bytes += nbytes;
+        dt.targets += 1;
+        r.nll_sum += v;
+        r.bytes += nbytes;
+        r.targets += 1;
+      }
+      r.tokens_in += win.len;
+    }
+    r.windows += nb;
+    if (o.progress) o.progress(r.targets, to_score);
+  }
+  return r;
+}
+
+}  // namespace pgolf

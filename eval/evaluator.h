@@ -1,0 +1,55 @@
+// Scores a token stream with a model: standard or sliding-window evaluation
+// (SPEC §3, §4), NLL and bytes summed in float64, per-document totals for the
+// standard error. Work is split over ranks by the plan's rank slices; each
+// rank returns its own sums and the caller reduces them.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "eval/window_plan.h"
+#include "model/gpt.h"
+
+namespace pgolf {
+
+class TokenStream;
+class ByteCounter;
+
+struct EvalOptions {
+  PlanKind plan = PlanKind::Standard;
+  uint32_t seq_len = 1024;
+  uint32_t stride = 0;          // sliding plans only
+  bool doc_mask = false;        // attention restricted to documents inside a window
+  uint64_t batch_tokens = 65536;  // tokens per forward (windows per batch = batch_tokens / seq_len)
+  Precision precision = Precision::F32;
+  uint16_t bos_id = 1;
+  int rank = 0, world = 1;
+  // Called after each batch with (scored targets so far, total to score).
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+struct DocumentTotals {
+  double nll = 0;
+  uint64_t bytes = 0, targets = 0;
+};
+
+struct EvalResult {
+  double nll_sum = 0;       // nats, over scored targets (repeats included, as the reference counts them)
+  uint64_t targets = 0;     // scored targets (repeats included)
+  uint64_t bytes = 0;       // bytes of the scored targets (repeats included)
+  uint64_t windows = 0;     // windows this rank ran
+  uint64_t tokens_in = 0;   // input tokens fed to the model
+  std::vector<DocumentTotals> docs;  // by document index; targets before the first BOS go to the last entry
+
+  double loss() const { return targets ? nll_sum / double(targets) : 0.0; }
+  double bpb() const;
+  // Standard error of bpb with documents as the sampling unit (ratio estimator).
+  double bpb_stderr() const;
+  void add(const EvalResult& other);  // reduction across ranks (sums; per-document sums)
+};
+
+WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& opt);
+EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bytes, const EvalOptions& opt);
+
+}  // namespace pgolf
