@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("pgolf ") + PGOLF_VERSION);
   pgolf::register_data_commands(app);
   pgolf::register_env_command(app);
+  pgolf::register_eval_command(app);
+  pgolf::register_model_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -34,6 +34,13 @@ target_include_directories(pgolf_zstd SYSTEM INTERFACE ${ZSTD_INCLUDE})
 target_link_libraries(pgolf_zstd INTERFACE ${ZSTD_LIB})
 add_library(pgolf::zstd ALIAS pgolf_zstd)
 
+find_package(HDF5 REQUIRED COMPONENTS C)
+add_library(pgolf_hdf5 INTERFACE)
+target_include_directories(pgolf_hdf5 SYSTEM INTERFACE ${HDF5_INCLUDE_DIRS})
+target_compile_definitions(pgolf_hdf5 INTERFACE ${HDF5_DEFINITIONS})
+target_link_libraries(pgolf_hdf5 INTERFACE ${HDF5_LIBRARIES})
+add_library(pgolf::hdf5 ALIAS pgolf_hdf5)
+
 find_path(SENTENCEPIECE_INCLUDE sentencepiece_processor.h REQUIRED)
 find_library(SENTENCEPIECE_LIB sentencepiece REQUIRED)
 find_library(SENTENCEPIECE_TRAIN_LIB sentencepiece_train REQUIRED)

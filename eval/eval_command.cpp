@@ -1,0 +1,142 @@
+// `pgolf eval`: the bpb of a model on a token stream, standard or sliding.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "cli/command.h"
+#include "data/byte_counter.h"
+#include "data/error.h"
+#include "data/token_stream.h"
+#include "data/tokenizer.h"
+#include "eval/evaluator.h"
+#include "model/model_io.h"
+#include "model/pch.h"
+#include "model/runtime.h"
+
+namespace pgolf {
+
+namespace {
+
+struct EvalArgs {
+  ModelSource model;
+  std::vector<std::string> val;
+  std::string tokenizer, plan = "current", device = "auto", precision;
+  uint32_t seq_len = 0, stride = 0;
+  bool doc_mask = false, json = false, quiet = false;
+  uint64_t batch_tokens = 0;
+};
+
+std::string with_commas(uint64_t v) {
+  std::string s = std::to_string(v);
+  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+  return s;
+}
+
+void run_eval(const EvalArgs& a) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  GptWeights w = load_model(a.model);
+  Tokenizer tok(a.tokenizer);
+  if (tok.vocab_size() != w.config.vocab_size)
+    fail(a.tokenizer, "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model's vocab_size is " +
+                          std::to_string(w.config.vocab_size) + ": not the model's tokenizer");
+  TokenStream stream(a.val);
+  stream.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
+  ByteCounter bc(tok, w.config.vocab_size);
+
+  const RuntimeInfo rt = runtime_info();
+  const bool cuda = a.device == "cuda" || (a.device == "auto" && rt.cuda);
+  if (a.device == "cuda" && !rt.cuda) throw Error("--device cuda: no CUDA device is available");
+  if (a.device != "auto" && a.device != "cpu" && a.device != "cuda") throw Error("--device must be auto, cpu or cuda");
+  EvalOptions o;
+  const std::string prec = a.precision.empty() ? (cuda ? "bf16" : "f32") : a.precision;
+  if (prec == "bf16") o.precision = Precision::BF16;
+  else if (prec == "f32") o.precision = Precision::F32;
+  else if (prec == "f64") o.precision = Precision::F64;
+  else throw Error("--precision must be bf16, f32 or f64");
+  if (cuda)
+    for (auto& [n, t] : w.tensors) t = t.to(at::kCUDA);
+  if (o.precision == Precision::F64)
+    for (auto& [n, t] : w.tensors) t = t.to(at::kDouble);
+
+  o.seq_len = a.seq_len ? a.seq_len : uint32_t(w.config.eval_length());
+  if (a.stride) {
+    o.stride = a.stride;
+    if (a.plan == "current") o.plan = PlanKind::Current;
+    else if (a.plan == "legacy") o.plan = PlanKind::Legacy;
+    else throw Error("--plan must be current or legacy");
+  } else if (a.doc_mask) {
+    throw Error("--doc-mask applies to sliding windows: give --stride");
+  }
+  o.doc_mask = a.doc_mask;
+  o.bos_id = uint16_t(tok.bos_id());
+  o.batch_tokens = a.batch_tokens ? a.batch_tokens : (cuda ? 32 * uint64_t(o.seq_len) : 8 * uint64_t(o.seq_len));
+  auto last = clock::now();
+  const auto start = clock::now();
+  o.progress = [&](uint64_t done, uint64_t total) {
+    if (a.quiet || clock::now() - last < std::chrono::seconds(5)) return;
+    last = clock::now();
+    const double s = std::chrono::duration<double>(last - start).count();
+    const double rate = double(done) / s;
+    std::fprintf(stderr, "eval: %5.1f%%  %s targets/s  ETA %.0f s\n", 100.0 * double(done) / double(total),
+                 with_commas(uint64_t(rate)).c_str(), double(total - done) / std::max(rate, 1.0));
+  };
+  const auto e0 = clock::now();
+  EvalResult r = evaluate(w, stream, bc, o);
+  const double eval_s = std::chrono::duration<double>(clock::now() - e0).count();
+  const double wall = std::chrono::duration<double>(clock::now() - t0).count();
+
+  const char* plan = plan_kind_name(o.plan);
+  std::fprintf(stderr, "%-10s %s (L=%u%s%s), %s, %s\n", "eval", plan, o.seq_len,
+               o.stride ? (", S=" + std::to_string(o.stride)).c_str() : "", o.doc_mask ? ", doc-mask" : "",
+               cuda ? rt.device_name.c_str() : "cpu", prec.c_str());
+  std::fprintf(stderr, "%-10s %.6f ± %.6f (stderr over %zu documents)\n", "bpb", r.bpb(), r.bpb_stderr(),
+               r.docs.size() - (r.docs.back().targets ? 0 : 1));
+  std::fprintf(stderr, "%-10s %.6f nats/target\n", "loss", r.loss());
+  std::fprintf(stderr, "%-10s %s\n%-10s %s\n%-10s %s\n", "targets", with_commas(r.targets).c_str(), "bytes",
+               with_commas(r.bytes).c_str(), "windows", with_commas(r.windows).c_str());
+  std::fprintf(stderr, "%-10s %s scored targets/s (%.2f s eval, %.2f s wall)\n", "speed",
+               with_commas(uint64_t(double(r.targets) / std::max(eval_s, 1e-9))).c_str(), eval_s, wall);
+  if (a.json) {
+    nlohmann::json j = {{"bpb", r.bpb()},       {"bpb_stderr", r.bpb_stderr()}, {"loss", r.loss()},
+                        {"targets", r.targets}, {"bytes", r.bytes},             {"windows", r.windows},
+                        {"seconds", wall},      {"eval_seconds", eval_s},       {"plan", plan},
+                        {"seq_len", o.seq_len}, {"stride", o.stride},           {"doc_mask", o.doc_mask},
+                        {"device", cuda ? rt.device_name : "cpu"}, {"precision", prec},
+                        {"targets_per_second", double(r.targets) / std::max(eval_s, 1e-9)}};
+    std::printf("%s\n", j.dump().c_str());
+  }
+}
+
+}  // namespace
+
+void add_model_options(CLI::App* cmd, ModelSource& m) {
+  cmd->add_option("--model", m.path, "pgolf checkpoint (.h5)")->required();
+  cmd->add_option("--config", m.config_path, "model config JSON overriding the checkpoint's");
+  cmd->add_option("--config-from-log", m.log_path, "reference training log: its Hyperparameters block");
+  cmd->add_option("--set", m.sets, "override one config field: key=value (repeatable)");
+}
+
+void register_eval_command(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app.add_subcommand("eval", "The bpb of a model on a token stream (standard or sliding windows)");
+  add_model_options(cmd, a->model);
+  cmd->add_option("--val", a->val, "validation shards: files or quoted globs")->required();
+  cmd->add_option("--tokenizer", a->tokenizer, "the model's SentencePiece .model (byte counting)")->required();
+  cmd->add_option("--seq-len", a->seq_len, "window length L (default: the config's eval length)");
+  cmd->add_option("--stride", a->stride, "sliding-window stride S; without it, standard evaluation");
+  cmd->add_option("--plan", a->plan, "sliding plan: current (each target once) or legacy (2026-03-19 numbers)")
+      ->capture_default_str();
+  cmd->add_flag("--doc-mask", a->doc_mask, "restrict attention inside a window to documents (BOS starts one)");
+  cmd->add_option("--batch-tokens", a->batch_tokens, "tokens per forward (default 32 windows on CUDA, 8 on CPU)");
+  cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();
+  cmd->add_option("--precision", a->precision, "bf16 (CUDA default, the reference's numerics), f32 (CPU default), f64");
+  cmd->add_flag("--json", a->json, "print one JSON object on stdout");
+  cmd->add_flag("--quiet", a->quiet, "no progress lines");
+  cmd->callback([a]() { run_eval(*a); });
+}
+
+}  // namespace pgolf
