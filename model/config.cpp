@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <sstream>
@@ -91,7 +92,6 @@ const std::vector<Field>& fields() {
       scalar("rope_base", &ModelConfig::rope_base, parse_double),
       scalar("rope_dims", &ModelConfig::rope_dims, parse_int),
       scalar("rope_yarn", &ModelConfig::rope_yarn, parse_bool),
-      scalar("rope_train_seq_len", &ModelConfig::rope_train_seq_len, parse_int),
       scalar("qk_gain_init", &ModelConfig::qk_gain_init, parse_double),
       scalar("xsa_last_n", &ModelConfig::xsa_last_n, parse_int),
       {"attn_windows",
@@ -135,7 +135,6 @@ ModelConfig ModelConfig::frontier() {
   c.mlp_mult = 4.0;
   c.mlp_activation = "leaky_relu2";
   c.rope_dims = 16;
-  c.rope_train_seq_len = 2048;
   c.qk_gain_init = 5.0;
   c.xsa_last_n = 11;
   c.ln_scale = true;
@@ -165,6 +164,11 @@ std::vector<int> ModelConfig::layer_sequence() const {
   return seq;
 }
 
+int ModelConfig::num_skips() const {
+  const int steps = static_cast<int>(layer_sequence().size());
+  return std::min(steps / 2, steps - steps / 2);
+}
+
 void ModelConfig::validate() const {
   auto need = [](bool ok, const std::string& msg) {
     if (!ok) bad(msg);
@@ -185,13 +189,12 @@ void ModelConfig::validate() const {
   need(rope_base > 0, "rope_base must be positive");
   need(rope_dims >= 0 && rope_dims <= head_dim() && rope_dims % 2 == 0,
        "rope_dims must be even and in [0, head_dim=" + std::to_string(head_dim()) + "]");
-  need(rope_train_seq_len >= 0, "rope_train_seq_len must be >= 0");
   need(xsa_last_n >= 0 && xsa_last_n <= num_layers, "xsa_last_n must be in [0, num_layers]");
   need(attn_windows.empty() || static_cast<int>(attn_windows.size()) == num_layers,
        "attn_windows must be empty or list one window per layer (" + std::to_string(num_layers) + ")");
   for (int w : attn_windows) need(w >= 0, "attn_windows entries must be >= 0 (0 = full attention)");
-  need(parallel_start_layer >= -1 && parallel_start_layer < num_layers,
-       "parallel_start_layer must be -1 (none) or a layer index");
+  need(parallel_start_layer >= 0 && parallel_start_layer < num_layers,
+       "parallel_start_layer must be 0 (off) or a layer index below num_layers");
   need(num_loops >= 0, "num_loops must be >= 0");
   if (num_loops > 0)
     need(loop_start >= 0 && loop_start <= loop_end && loop_end < num_layers,

@@ -27,15 +27,14 @@ struct ModelConfig {
   // attention
   double rope_base = 10000.0;
   int rope_dims = 0;           // rotate the first rope_dims of each head; 0 = all of head_dim
-  bool rope_yarn = false;      // YaRN scaling when evaluating past rope_train_seq_len
-  int rope_train_seq_len = 0;  // 0 = train_seq_len
+  bool rope_yarn = false;      // NTK base scaling when a sequence is longer than train_seq_len (the reference's "YaRN")
   double qk_gain_init = 1.5;
   int xsa_last_n = 0;          // XSA on the last n layers
   std::vector<int> attn_windows;  // per layer: 0 = full causal, w > 0 = sliding window of w; empty = all full
   // residual structure
-  bool ln_scale = false;       // scale block norm inputs by 1/sqrt(layer+1)
+  bool ln_scale = false;       // block norm outputs scaled by 1/sqrt(physical layer + 1)
   bool skip_gates_enabled = false;
-  int parallel_start_layer = -1;  // two-lane parallel residuals from this layer; -1 = none
+  int parallel_start_layer = 0;   // two lanes (attention / MLP) from this physical layer on; 0 = off, as in the reference
   int num_loops = 0;           // depth recurrence: layers loop_start..loop_end repeat num_loops more times
   int loop_start = 0;
   int loop_end = -1;
@@ -55,6 +54,8 @@ struct ModelConfig {
   // into encoder and decoder halves as the reference does.
   std::vector<int> layer_sequence() const;
   int num_encoder_steps() const { return static_cast<int>(layer_sequence().size()) / 2; }
+  // Skip connections: min(encoder steps, decoder steps).
+  int num_skips() const;
 
   // Throws pgolf::Error ("config: ...") on the first inconsistency.
   void validate() const;

@@ -10,127 +10,162 @@ namespace pgolf {
 
 namespace {
 
-at::ScalarType act_type(Precision p) {
-  return p == Precision::F64 ? at::kDouble : p == Precision::BF16 ? at::kBFloat16 : at::kFloat;
-}
-// Pointwise math happens in float32 unless the whole forward is float64.
-at::ScalarType math_type(Precision p) { return p == Precision::F64 ? at::kDouble : at::kFloat; }
-
 std::string block(int i) { return "blocks." + std::to_string(i) + "."; }
 
+bool ends_with(const std::string& s, const std::string& t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+// Per-forward state: where values are rounded and in which type math happens.
 struct Ctx {
   const GptWeights& w;
-  at::ScalarType act, math;
+  const ModelConfig& cfg;
+  at::ScalarType act;   // matmul/attention operands and stored activations
+  at::ScalarType math;  // pointwise math
   double eps;
-  // A parameter cast to the activation type, as the reference's `.to(x.dtype)`.
-  at::Tensor p(const std::string& name) const { return w.get(name).to(act); }
+  at::Tensor segment_ids;  // [B, T] or undefined
+
+  at::Tensor mm_weight(const std::string& n) const { return w.get(n).to(act); }
+  at::Tensor pw(const std::string& n) const { return w.get(n).to(math); }  // pointwise parameter, unrounded
   at::Tensor up(const at::Tensor& x) const { return x.to(math); }
-  at::Tensor down(const at::Tensor& x) const { return x.to(act); }
-  at::Tensor rms(const at::Tensor& x) const {  // F.rms_norm over the last dim, no weight
+  at::Tensor store(const at::Tensor& x) const { return x.to(act); }
+  at::Tensor linear(const at::Tensor& x, const std::string& n) const { return at::linear(store(x), mm_weight(n)); }
+  // F.rms_norm over the last dim (no weight), result in the math type.
+  at::Tensor rms(const at::Tensor& x) const {
     at::Tensor xf = up(x);
-    return down(xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps));
+    return xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
   }
-  at::Tensor linear(const at::Tensor& x, const std::string& weight) const { return at::linear(x, p(weight)); }
+  double ln_factor(int layer) const { return cfg.ln_scale ? 1.0 / std::sqrt(double(layer + 1)) : 1.0; }
 };
 
-// Half-split rotation of the first 2*cos.size(-1) dims of x [B, H, T, hd].
-at::Tensor apply_rope(const Ctx& c, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = cos.size(-1);
-  at::Tensor xf = c.up(x);
-  at::Tensor x1 = xf.narrow(-1, 0, half), x2 = xf.narrow(-1, half, half);
-  at::Tensor cf = c.up(cos), sf = c.up(sin);
-  std::vector<at::Tensor> parts = {x1 * cf + x2 * sf, x1 * (-sf) + x2 * cf};
-  if (2 * half < x.size(-1)) parts.push_back(xf.narrow(-1, 2 * half, x.size(-1) - 2 * half));
-  return c.down(at::cat(parts, -1));
+// Half-split rotation of the first 2 * cos.size(-1) dims of x [B, H, T, hd]
+// (math type); the rest passes through.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = cos.size(-1), hd = x.size(-1);
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  std::vector<at::Tensor> parts = {x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos};
+  if (2 * half < hd) parts.push_back(x.narrow(-1, 2 * half, hd - 2 * half));
+  return at::cat(parts, -1);
 }
 
-// q [B, H, T, hd], k/v [B, KV, T, hd] -> [B, H, T, hd]. Causal, restricted to
-// equal segment ids when given. Scores and softmax in the math type.
+// Which key positions each query may see: [T, T] or [B, 1, T, T] bool.
+at::Tensor attention_mask(const Ctx& c, int layer, int64_t T, const at::Device& dev) {
+  at::Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev));
+  at::Tensor diff = pos.unsqueeze(1) - pos.unsqueeze(0);  // query - key
+  at::Tensor allowed = diff >= 0;
+  const int window = c.cfg.attn_windows.empty() ? 0 : c.cfg.attn_windows[layer];
+  if (window > 0) allowed = allowed & (diff < window);
+  if (c.segment_ids.defined())
+    allowed = (allowed & (c.segment_ids.unsqueeze(2) == c.segment_ids.unsqueeze(1))).unsqueeze(1);
+  return allowed;
+}
+
+// q [B, H, T, hd], k/v [B, KV, T, hd] (act type) -> [B, H, T, hd] (math type).
+// Scores and softmax in the math type; rows processed in groups to bound memory.
 at::Tensor attention(const Ctx& c, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& segment_ids) {
-  const int64_t H = q.size(1), KV = k.size(1), T = q.size(2), hd = q.size(3);
-  at::Tensor kk = KV == H ? k : k.repeat_interleave(H / KV, 1);
-  at::Tensor vv = KV == H ? v : v.repeat_interleave(H / KV, 1);
-  at::Tensor scores = at::matmul(c.up(q), c.up(kk).transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));
-  at::Tensor allowed = at::ones({T, T}, q.options().dtype(at::kBool)).tril();  // [T, T]
-  if (segment_ids.defined()) {  // [B, T] -> [B, 1, T, T]
-    at::Tensor same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1);
-    allowed = (same & allowed).unsqueeze(1);
+                     const at::Tensor& allowed) {
+  const int64_t B = q.size(0), H = q.size(1), KV = k.size(1), T = q.size(2), hd = q.size(3);
+  const at::Tensor kk = KV == H ? k : k.repeat_interleave(H / KV, 1);
+  const at::Tensor vv = KV == H ? v : v.repeat_interleave(H / KV, 1);
+  const double scale = 1.0 / std::sqrt(double(hd));
+  const int64_t per_row = H * T * T * 4;
+  const int64_t rows = std::max<int64_t>(1, (int64_t(256) << 20) / std::max<int64_t>(per_row, 1));
+  std::vector<at::Tensor> outs;
+  for (int64_t b = 0; b < B; b += rows) {
+    const int64_t n = std::min(rows, B - b);
+    at::Tensor s = at::matmul(c.up(q.narrow(0, b, n)), c.up(kk.narrow(0, b, n)).transpose(-2, -1)) * scale;
+    at::Tensor m = allowed.dim() == 4 ? allowed.narrow(0, b, n) : allowed;
+    s = s.masked_fill(m.logical_not(), -std::numeric_limits<double>::infinity());
+    outs.push_back(at::matmul(c.store(at::softmax(s, -1)).to(c.math), c.up(vv.narrow(0, b, n))));
   }
-  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
-  at::Tensor probs = at::softmax(scores, -1);
-  return c.down(at::matmul(probs, c.up(vv)));
+  return outs.size() == 1 ? outs[0] : at::cat(outs, 0);
 }
 
-// Attention sublayer. x [B, T, d] (already normed) -> [B, T, d].
-at::Tensor attn_forward(const Ctx& c, int layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                        const at::Tensor& segment_ids) {
-  const ModelConfig& cfg = c.w.config;
-  const int64_t B = x.size(0), T = x.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
+// Attention sublayer on the normed input n [B, T, d] -> [B, T, d] (act type).
+at::Tensor attn_forward(const Ctx& c, int layer, const at::Tensor& n, const at::Tensor& cos, const at::Tensor& sin) {
+  const ModelConfig& cfg = c.cfg;
+  const int64_t B = n.size(0), T = n.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
   const std::string pre = block(layer) + "attn.";
-  at::Tensor q = c.linear(x, pre + "c_q.weight").view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = c.linear(x, pre + "c_k.weight").view({B, T, KV, hd}).transpose(1, 2);
-  at::Tensor v = c.linear(x, pre + "c_v.weight").view({B, T, KV, hd}).transpose(1, 2);
-  q = c.rms(q);
-  k = c.rms(k);
-  q = apply_rope(c, q, cos, sin);
-  k = apply_rope(c, k, cos, sin);
-  q = c.down(c.up(q) * c.up(c.p(pre + "q_gain")).view({1, H, 1, 1}));
-  at::Tensor y = attention(c, q, k, v, segment_ids);  // [B, H, T, hd]
+  at::Tensor q = c.linear(n, pre + "c_q.weight").view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = c.linear(n, pre + "c_k.weight").view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor v = c.linear(n, pre + "c_v.weight").view({B, T, KV, hd}).transpose(1, 2);
+  q = c.store(apply_rope(c.rms(q), cos, sin) * c.pw(pre + "q_gain").view({1, H, 1, 1}));
+  k = c.store(apply_rope(c.rms(k), cos, sin));
+  at::Tensor y = attention(c, q, k, v, attention_mask(c, layer, T, n.device()));  // [B, H, T, hd]
+  if (layer >= cfg.num_layers - cfg.xsa_last_n) {
+    // XSA: remove from each head's output its component along the unit value
+    // vector of its KV group at the same position (float32, as F.normalize
+    // runs under autocast).
+    at::Tensor vf = c.up(v);
+    at::Tensor vhat = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
+    if (KV != H) vhat = vhat.repeat_interleave(H / KV, 1);
+    y = y - (y * vhat).sum(-1, true) * vhat;
+  }
   y = y.transpose(1, 2).reshape({B, T, H * hd});
   return c.linear(y, pre + "proj.weight");
 }
 
-at::Tensor mlp_forward(const Ctx& c, int layer, const at::Tensor& x) {
-  at::Tensor h = c.up(c.linear(x, block(layer) + "mlp.fc.weight"));
-  h = at::relu(h);
-  h = c.down(h * h);
-  return c.linear(h, block(layer) + "mlp.proj.weight");
+at::Tensor mlp_forward(const Ctx& c, int layer, const at::Tensor& n) {
+  at::Tensor h = c.up(c.linear(n, block(layer) + "mlp.fc.weight"));
+  h = c.cfg.mlp_activation == "leaky_relu2" ? at::leaky_relu(h, c.cfg.mlp_leaky_slope) : at::relu(h);
+  return c.linear(h * h, block(layer) + "mlp.proj.weight");
 }
 
-at::Tensor block_forward(const Ctx& c, int layer, const at::Tensor& x_in, const at::Tensor& x0, const at::Tensor& cos,
-                         const at::Tensor& sin, const at::Tensor& segment_ids) {
+// x_in = mix0 x + mix1 x0; returns x_in + attn_scale * Attn(rms(x_in) * s).
+at::Tensor attn_half(const Ctx& c, int layer, const at::Tensor& x, const at::Tensor& x0, const at::Tensor& cos,
+                     const at::Tensor& sin) {
   const std::string pre = block(layer);
-  at::Tensor mix = c.up(c.p(pre + "resid_mix"));  // [2, d]
-  at::Tensor x = c.down(mix[0] * c.up(x_in) + mix[1] * c.up(x0));
-  at::Tensor a = attn_forward(c, layer, c.rms(x), cos, sin, segment_ids);
-  x = c.down(c.up(x) + c.up(c.p(pre + "attn_scale")) * c.up(a));
-  at::Tensor m = mlp_forward(c, layer, c.rms(x));
-  return c.down(c.up(x) + c.up(c.p(pre + "mlp_scale")) * c.up(m));
+  at::Tensor mix = c.pw(pre + "resid_mix");  // [2, d]
+  at::Tensor x_in = c.store(mix[0] * c.up(x) + mix[1] * c.up(x0));
+  at::Tensor a = attn_forward(c, layer, c.rms(x_in) * c.ln_factor(layer), cos, sin);
+  return c.store(c.up(x_in) + c.pw(pre + "attn_scale") * c.up(a));
+}
+
+// x + mlp_scale * MLP(rms(x) * s).
+at::Tensor mlp_half(const Ctx& c, int layer, const at::Tensor& x) {
+  at::Tensor m = mlp_forward(c, layer, c.rms(x) * c.ln_factor(layer));
+  return c.store(c.up(x) + c.pw(block(layer) + "mlp_scale") * c.up(m));
+}
+
+// Decoder skip: x + w*skip, or lerp(w*skip, x, sigmoid(gate)) with gates.
+at::Tensor add_skip(const Ctx& c, int j, const at::Tensor& x, const at::Tensor& skip) {
+  at::Tensor sk = c.pw("skip_weights")[j] * c.up(skip);
+  if (!c.cfg.skip_gates_enabled) return c.store(c.up(x) + sk);
+  at::Tensor g = at::sigmoid(c.pw("skip_gates")[j]);
+  return c.store(sk + g * (c.up(x) - sk));
+}
+
+at::Tensor orthogonal(const std::vector<int64_t>& shape, at::Generator& gen) {
+  // QR of a Gaussian matrix, signs fixed by R's diagonal (torch's orthogonal_).
+  const int64_t rows = shape[0], cols = shape[1];
+  const bool tall = rows >= cols;
+  at::Tensor a = at::empty({tall ? rows : cols, tall ? cols : rows}, at::kFloat).normal_(0.0, 1.0, gen);
+  auto qr = at::linalg_qr(a);
+  at::Tensor q = std::get<0>(qr) * std::get<1>(qr).diagonal().sign().unsqueeze(0);
+  return tall ? q.contiguous() : q.t().contiguous();
 }
 
 }  // namespace
 
 double GptNumerics::norm_eps() {
-  // The reference calls F.rms_norm(x, (d,)) with eps=None. ATen's rms_norm
-  // then uses the epsilon of its float32 accumulation type for float32 and
-  // bf16 inputs alike.
+  // The reference calls F.rms_norm(x, (d,)) with eps=None. ATen then uses the
+  // epsilon of its float32 accumulation type, for float32 and bf16 inputs alike.
   return FLT_EPSILON;
 }
 
-void check_supported(const ModelConfig& cfg) {
-  auto no = [](bool unsupported, const char* what) {
-    if (unsupported) throw Error(std::string("config: ") + what + " is not supported by pgolf's forward yet");
-  };
-  no(cfg.embedding_dim != 0 && cfg.embedding_dim != cfg.model_dim, "embedding_dim != model_dim");
-  no(cfg.mlp_activation != "relu2", "mlp_activation other than relu2");
-  no(cfg.rope_dims != 0 && cfg.rope_dims != cfg.head_dim(), "partial RoPE (rope_dims)");
-  no(cfg.rope_yarn, "rope_yarn");
-  no(cfg.xsa_last_n != 0, "xsa_last_n");
-  no(!cfg.attn_windows.empty(), "attn_windows");
-  no(cfg.ln_scale, "ln_scale");
-  no(cfg.skip_gates_enabled, "skip_gates_enabled");
-  no(cfg.parallel_start_layer >= 0, "parallel residuals (parallel_start_layer)");
-  no(cfg.num_loops != 0, "depth recurrence (num_loops)");
-  no(!cfg.tie_embeddings, "untied embeddings");
-}
-
 std::vector<ParamSpec> parameter_specs(const ModelConfig& cfg) {
-  const int64_t d = cfg.model_dim, V = cfg.vocab_size, kv = int64_t(cfg.num_kv_heads) * cfg.head_dim();
-  const int64_t hidden = cfg.mlp_hidden();
-  const int enc = cfg.num_layers / 2, dec = cfg.num_layers - enc;
-  std::vector<ParamSpec> s = {{"tok_emb.weight", {V, d}}};
-  if (std::min(enc, dec) > 0) s.push_back({"skip_weights", {std::min(enc, dec), d}});
+  const int64_t d = cfg.model_dim, E = cfg.embed_dim(), V = cfg.vocab_size;
+  const int64_t kv = int64_t(cfg.num_kv_heads) * cfg.head_dim(), hidden = cfg.mlp_hidden();
+  const int64_t S = cfg.num_skips();
+  std::vector<ParamSpec> s;
+  if (S > 0) s.push_back({"skip_weights", {S, d}});
+  if (S > 0 && cfg.skip_gates_enabled) s.push_back({"skip_gates", {S, d}});
+  if (cfg.parallel_start_layer > 0) s.push_back({"lane_merge", {}});
+  s.push_back({"tok_emb.weight", {V, E}});
+  if (E != d) {
+    s.push_back({"embed_proj.weight", {d, E}});
+    s.push_back({"head_proj.weight", {E, d}});
+  }
   for (int i = 0; i < cfg.num_layers; ++i) {
     const std::string b = block(i);
     s.push_back({b + "attn.c_q.weight", {d, d}});
@@ -144,7 +179,7 @@ std::vector<ParamSpec> parameter_specs(const ModelConfig& cfg) {
     s.push_back({b + "mlp.fc.weight", {hidden, d}});
     s.push_back({b + "mlp.proj.weight", {d, hidden}});
   }
-  if (!cfg.tie_embeddings) s.push_back({"lm_head.weight", {V, d}});
+  if (!cfg.tie_embeddings) s.push_back({"lm_head.weight", {V, E}});
   return s;
 }
 
@@ -156,26 +191,30 @@ const at::Tensor& GptWeights::get(const std::string& name) const {
 
 GptWeights init_gpt_weights(const ModelConfig& cfg, uint64_t seed) {
   cfg.validate();
-  check_supported(cfg);
   at::Generator gen = at::detail::createCPUGenerator(seed);
   GptWeights w{cfg, {}};
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  auto ends_with = [](const std::string& s, const std::string& t) {
-    return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-  };
+  const bool frontier_init = cfg.num_loops > 0 || cfg.xsa_last_n > 0 || cfg.parallel_start_layer > 0;
   for (const ParamSpec& p : parameter_specs(cfg)) {
     at::Tensor t;
     if (p.name == "tok_emb.weight") {
-      t = at::empty(p.shape, f32).normal_(0.0, 0.005, gen);
-    } else if (ends_with(p.name, "attn.proj.weight") || ends_with(p.name, "mlp.proj.weight") || p.name == "lm_head.weight") {
-      t = at::zeros(p.shape, f32);  // _zero_init
+      t = cfg.tie_embeddings ? at::empty(p.shape, f32).normal_(0.0, 0.005, gen) : at::empty(p.shape, f32).normal_(0.0, 1.0, gen);
+    } else if (ends_with(p.name, "attn.proj.weight") || ends_with(p.name, "mlp.proj.weight") || p.name == "lm_head.weight" ||
+               p.name == "skip_gates") {
+      t = at::zeros(p.shape, f32);
     } else if (ends_with(p.name, ".weight")) {
-      const double bound = 1.0 / std::sqrt(double(p.shape[1]));
-      t = at::empty(p.shape, f32).uniform_(-bound, bound, gen);
+      if (frontier_init) {
+        t = orthogonal(p.shape, gen);
+      } else {
+        const double bound = 1.0 / std::sqrt(double(p.shape[1]));
+        t = at::empty(p.shape, f32).uniform_(-bound, bound, gen);
+      }
     } else if (ends_with(p.name, "q_gain")) {
       t = at::full(p.shape, cfg.qk_gain_init, f32);
     } else if (ends_with(p.name, "resid_mix")) {
       t = at::stack({at::ones({p.shape[1]}, f32), at::zeros({p.shape[1]}, f32)});
+    } else if (p.name == "lane_merge") {
+      t = at::full({}, 0.5, f32);
     } else {
       t = at::ones(p.shape, f32);  // attn_scale, mlp_scale, skip_weights
     }
@@ -185,8 +224,7 @@ GptWeights init_gpt_weights(const ModelConfig& cfg, uint64_t seed) {
 }
 
 void check_weights(const GptWeights& w, const std::string& source) {
-  check_supported(w.config);
-  std::vector<ParamSpec> specs = parameter_specs(w.config);
+  const std::vector<ParamSpec> specs = parameter_specs(w.config);
   for (const ParamSpec& p : specs) {
     auto it = w.tensors.find(p.name);
     if (it == w.tensors.end()) fail(source, "missing tensor " + p.name);
@@ -195,7 +233,8 @@ void check_weights(const GptWeights& w, const std::string& source) {
       std::string want, got;
       for (int64_t s : p.shape) want += (want.empty() ? "" : "x") + std::to_string(s);
       for (int64_t s : t.sizes()) got += (got.empty() ? "" : "x") + std::to_string(s);
-      fail(source, "tensor " + p.name + " has shape " + got + ", the config implies " + want);
+      fail(source, "tensor " + p.name + " has shape " + (got.empty() ? "scalar" : got) + ", the config implies " +
+                       (want.empty() ? "scalar" : want));
     }
     if (!at::isFloatingType(t.scalar_type())) fail(source, "tensor " + p.name + " is not a float tensor");
   }
@@ -209,60 +248,98 @@ void check_weights(const GptWeights& w, const std::string& source) {
 
 std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& cfg, int64_t T, at::ScalarType dtype,
                                               const at::Device& device) {
-  const int64_t rd = cfg.rotary_dims();
-  const at::ScalarType math = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t r = cfg.rotary_dims();
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
-  at::Tensor j = at::arange(0, rd, 2, f32);
-  at::Tensor inv_freq = (1.0 / at::pow(at::scalar_tensor(cfg.rope_base, f32), j / double(rd)));
-  inv_freq = inv_freq.to(at::kBFloat16).to(math);  // the module's bf16 buffer
-  at::Tensor pos = at::arange(T, f32.dtype(math));
-  at::Tensor freqs = at::outer(pos, inv_freq);
-  return {freqs.cos().to(dtype), freqs.sin().to(dtype)};
+  at::Tensor j = at::arange(0, r, 2, f32);
+  at::Tensor inv_freq;
+  if (cfg.rope_yarn && T > cfg.train_seq_len) {
+    const double scale = double(T) / double(cfg.train_seq_len);
+    const double base = cfg.rope_base * std::pow(scale, double(r) / double(r - 2));
+    inv_freq = 1.0 / at::pow(at::scalar_tensor(base, f32), j / double(r));
+  } else {
+    inv_freq = (1.0 / at::pow(at::scalar_tensor(cfg.rope_base, f32), j / double(r))).to(at::kBFloat16);
+  }
+  at::Tensor pos = at::arange(T, f32.dtype(dtype));
+  at::Tensor freqs = at::outer(pos, inv_freq.to(dtype));
+  return {freqs.cos(), freqs.sin()};
 }
 
 at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::Tensor& targets,
                        const ForwardOptions& opt) {
-  // Shapes: inputs, targets [B, T]; h [B, T, d]; per-head [B, H, T, hd].
+  // Shapes: inputs, targets [B, T]; residual stream [B, T, d]; heads [B, H, T, hd].
   const ModelConfig& cfg = w.config;
   TORCH_CHECK(inputs.dim() == 2 && targets.sizes() == inputs.sizes(), "forward_nll: inputs/targets must be [B, T]");
-  Ctx c{w, act_type(opt.precision), math_type(opt.precision), GptNumerics::norm_eps()};
-  const int64_t T = inputs.size(1);
-  auto [cos, sin] = rope_tables(cfg, T, c.act, inputs.device());
+  const at::ScalarType act = opt.precision == Precision::F64 ? at::kDouble
+                             : opt.precision == Precision::BF16 ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
+  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids};
+  const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
+  auto [cos, sin] = rope_tables(cfg, T, math, inputs.device());
 
-  at::Tensor x = c.rms(at::embedding(c.p("tok_emb.weight"), inputs));
-  at::Tensor x0 = x;
-  const int enc = cfg.num_layers / 2, dec = cfg.num_layers - enc;
+  at::Tensor x = c.store(c.rms(at::embedding(w.get("tok_emb.weight"), inputs)));
+  if (cfg.embed_dim() != d) x = c.linear(x, "embed_proj.weight");
+  const at::Tensor x0 = x;
+
+  const std::vector<int> seq = cfg.layer_sequence();
+  const size_t enc = seq.size() / 2;
+  const int S = cfg.num_skips();
   std::vector<at::Tensor> skips;
-  for (int i = 0; i < enc; ++i) {
-    x = block_forward(c, i, x, x0, cos, sin, opt.segment_ids);
+  for (size_t s = 0; s < enc; ++s) {
+    x = mlp_half(c, seq[s], attn_half(c, seq[s], x, x0, cos, sin));
     skips.push_back(x);
   }
-  for (int i = 0; i < dec; ++i) {
-    if (!skips.empty()) {
-      at::Tensor sw = c.up(c.p("skip_weights")[i]);
-      x = c.down(c.up(x) + sw * c.up(skips.back()));
-      skips.pop_back();
+  at::Tensor lane0, lane1;  // two-lane parallel residuals, once started
+  for (size_t j = 0; j + enc < seq.size(); ++j) {
+    const int i = seq[enc + j];
+    const bool skip = int(j) < S && !skips.empty();
+    if (!lane0.defined()) {
+      if (skip) {
+        x = add_skip(c, int(j), x, skips.back());
+        skips.pop_back();
+      }
+      if (cfg.parallel_start_layer > 0 && i >= cfg.parallel_start_layer) {
+        lane0 = attn_half(c, i, x, x0, cos, sin);
+        lane1 = mlp_half(c, i, x);
+      } else {
+        x = mlp_half(c, i, attn_half(c, i, x, x0, cos, sin));
+      }
+    } else {
+      if (skip) {
+        lane0 = add_skip(c, int(j), lane0, skips.back());
+        skips.pop_back();
+      }
+      lane0 = attn_half(c, i, lane0, x0, cos, sin);
+      lane1 = mlp_half(c, i, lane1);
     }
-    x = block_forward(c, enc + i, x, x0, cos, sin, opt.segment_ids);
   }
-  x = c.rms(x);
+  if (lane0.defined()) {
+    at::Tensor lam = c.pw("lane_merge");
+    x = c.store(lam * c.up(lane0) + (1.0 - lam) * c.up(lane1));
+  }
+  x = c.store(c.rms(x));
+  if (cfg.embed_dim() != d) x = c.linear(x, "head_proj.weight");
 
-  // The head and the loss only where scored.
-  const int64_t B = inputs.size(0), d = cfg.model_dim;
-  at::Tensor flat_mask = opt.score_mask.defined() ? opt.score_mask.reshape({-1}) : at::Tensor();
-  at::Tensor h = x.reshape({B * T, d});
+  // The head and the loss only where scored, a bounded number of rows at a time.
+  at::Tensor h = x.reshape({B * T, x.size(-1)});
   at::Tensor tgt = targets.reshape({-1});
-  at::Tensor rows;  // indices of the scored positions
-  if (flat_mask.defined()) {
-    rows = flat_mask.nonzero().squeeze(1);
+  at::Tensor rows;
+  if (opt.score_mask.defined()) {
+    rows = opt.score_mask.reshape({-1}).nonzero().squeeze(1);
     h = h.index_select(0, rows);
     tgt = tgt.index_select(0, rows);
   }
-  const std::string head = cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight";
-  at::Tensor logits = c.up(at::linear(h, c.p(head)));
-  logits = cfg.logit_softcap * at::tanh(logits / cfg.logit_softcap);
-  at::Tensor nll = at::logsumexp(logits, -1) - logits.gather(1, tgt.unsqueeze(1)).squeeze(1);
-  if (!flat_mask.defined()) return nll.view({B, T});
+  const at::Tensor head = c.mm_weight(cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight");
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(64) << 20) / (4 * int64_t(cfg.vocab_size)));
+  std::vector<at::Tensor> parts;
+  for (int64_t r = 0; r < h.size(0); r += chunk) {
+    const int64_t n = std::min(chunk, h.size(0) - r);
+    at::Tensor logits = c.up(at::linear(h.narrow(0, r, n), head));
+    logits = cfg.logit_softcap * at::tanh(logits / cfg.logit_softcap);
+    at::Tensor t = tgt.narrow(0, r, n).unsqueeze(1);
+    parts.push_back(at::logsumexp(logits, -1) - logits.gather(1, t).squeeze(1));
+  }
+  at::Tensor nll = parts.empty() ? at::zeros({0}, h.options().dtype(math)) : parts.size() == 1 ? parts[0] : at::cat(parts);
+  if (!rows.defined()) return nll.view({B, T});
   return at::zeros({B * T}, nll.options()).index_copy_(0, rows, nll).view({B, T});
 }
 

@@ -1,7 +1,10 @@
-// The parameter-golf GPT: weights by the reference's state-dict names and one
-// forward that returns per-token NLL. Plain structs of tensors, no module
-// framework. Supported now: the baseline family (SPEC §5) -- the frontier
-// switches of ModelConfig are rejected by check_supported() until they land.
+// The parameter-golf GPT: weights by the reference's (unbanked) state-dict
+// names and one forward that returns per-token NLL. Plain structs of tensors,
+// no module framework. Both families: the baseline (root train_gpt.py, SPEC
+// §5) and the frontier switches of 2026-04-10_VarLenAttn (embedding
+// projections, LeakyReLU^2, partial RoPE, NTK-scaled RoPE, q-gain, ln_scale,
+// XSA, depth recurrence, skip gates, two-lane parallel residuals), plus
+// per-layer sliding-window attention and document masking.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -21,8 +24,6 @@ struct ParamSpec {
 
 // Every parameter the config implies, in the reference's (unbanked) names.
 std::vector<ParamSpec> parameter_specs(const ModelConfig& cfg);
-// Throws "config: <switch> is not supported yet" for switches the forward lacks.
-void check_supported(const ModelConfig& cfg);
 
 struct GptWeights {
   ModelConfig config;
@@ -30,17 +31,21 @@ struct GptWeights {
   const at::Tensor& get(const std::string& name) const;
 };
 
-// The reference initialisation (tied embedding ~ N(0, 0.005), zero-init
-// output projections, nn.Linear's U(+-1/sqrt(in)) elsewhere, q_gain =
-// qk_gain_init, scales 1, resid_mix = [1; 0], skip weights 1), float32,
-// deterministic for a seed (CPU generator).
+// The reference initialisation, float32, deterministic for a seed (CPU
+// generator): tied embedding ~ N(0, 0.005); output projections, MLP down
+// projections, lm_head and skip gates 0; input projections nn.Linear's
+// U(+-1/sqrt(in)) for the baseline, orthogonal for the frontier family (as
+// its banks are); q_gain = qk_gain_init; scales and skip weights 1;
+// resid_mix = [1; 0]; lane_merge 0.5.
 GptWeights init_gpt_weights(const ModelConfig& cfg, uint64_t seed);
 // Every expected tensor present with its shape and a float dtype, none extra;
 // the error names `source` and the first offending tensor.
 void check_weights(const GptWeights& w, const std::string& source);
 
-// Activation precision. BF16 is the reference's CUDA numerics (SPEC §6):
-// matmuls and attention in bf16, pointwise math in float32, activations
+// Activation precision. BF16 is the reference's compiled CUDA numerics
+// (SPEC §6): matmul and attention inputs/outputs in bf16, the pointwise chains
+// between them in float32 with parameters, RoPE tables and gates unrounded
+// (Inductor keeps them float32 inside fused kernels), the residual stream
 // stored as bf16. F32 / F64 run everything in that type (CPU, tests).
 enum class Precision { F32, F64, BF16 };
 
@@ -66,8 +71,10 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
                        const ForwardOptions& opt = {});
 
 // The RoPE cos/sin tables for positions [0, T): [T, rotary_dims / 2] each, in
-// `dtype`. inv_freq is rounded to bf16 as in the reference (its module was
-// cast with .bfloat16()); positions and products stay in float32 (or float64).
+// `dtype` (float32 or float64). inv_freq[p] = 1 / base^(2p / rotary_dims),
+// rounded to bf16 as the reference's module buffer is; with rope_yarn and T >
+// train_seq_len the base is scaled by (T / train_seq_len)^(r / (r - 2)) and
+// inv_freq is not rounded (the reference recomputes it in float32).
 std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& cfg, int64_t T, at::ScalarType dtype,
                                               const at::Device& device);
 

@@ -1,5 +1,7 @@
 // An independent float64 restatement of the GPT forward with plain loops, for
-// tests: the libtorch forward and everything built on it are checked against it.
+// tests: the libtorch forward and everything built on it are checked against
+// it. Written from the reference scripts' semantics (SPEC §5, §10 and the
+// 2026-04-10_VarLenAttn model), not from model/gpt.cpp.
 #pragma once
 #include <cmath>
 #include <string>
@@ -13,7 +15,6 @@ namespace pgolf::test {
 using Vec = std::vector<double>;
 using Mat = std::vector<Vec>;  // rows
 
-// ---- the reference, restated with loops -------------------------------------
 struct Ref {
   const GptWeights& w;
   const ModelConfig& c;
@@ -22,8 +23,9 @@ struct Ref {
   Mat m(const std::string& name) const {  // a 2-D parameter as double rows
     at::Tensor t = w.get(name).to(at::kDouble).contiguous();
     Mat r(t.size(0), Vec(t.size(1)));
+    auto a = t.accessor<double, 2>();
     for (int64_t i = 0; i < t.size(0); ++i)
-      for (int64_t j = 0; j < t.size(1); ++j) r[i][j] = t[i][j].item<double>();
+      for (int64_t j = 0; j < t.size(1); ++j) r[i][j] = a[i][j];
     return r;
   }
   Vec v(const std::string& name) const {
@@ -46,41 +48,50 @@ struct Ref {
       for (size_t i = 0; i < x.size(); ++i) y[o] += W[o][i] * x[i];
     return y;
   }
+  static Vec scaled(Vec x, double s) {
+    for (double& a : x) a *= s;
+    return x;
+  }
+
+  // Sequence of T positions: residual stream as T vectors.
+  using Seq = std::vector<Vec>;
 
   // One sequence: ids [T] -> NLL [T] of targets [T]; seg: segment id per position.
   Vec nll(const std::vector<int64_t>& ids, const std::vector<int64_t>& tgt, const std::vector<int64_t>& seg) const {
     const int T = int(ids.size()), d = c.model_dim, H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim();
+    const int n_layers = c.num_layers;
+    const bool proj = c.embed_dim() != d;
     Mat E = m("tok_emb.weight");
-    std::vector<Vec> x(T), x0;
-    for (int t = 0; t < T; ++t) x[t] = rms(E[ids[t]], eps);
-    x0 = x;
-    // RoPE: inv_freq rounded to bf16, as the module buffer is.
-    const int half = hd / 2;
-    Vec inv(half);
-    for (int j = 0; j < half; ++j) {
-      float f = 1.0f / std::pow(float(c.rope_base), float(2 * j) / float(hd));
-      inv[j] = at::BFloat16(f);  // round to bf16
+    Seq x(T), x0;
+    for (int t = 0; t < T; ++t) {
+      x[t] = rms(E[ids[t]], eps);
+      if (proj) x[t] = matvec(m("embed_proj.weight"), x[t]);
     }
-    auto rope = [&](Vec& hvec, int t) {
-      for (int j = 0; j < half; ++j) {
-        double ang = double(t) * inv[j], co = std::cos(ang), si = std::sin(ang);
-        double a = hvec[j], b = hvec[j + half];
-        hvec[j] = a * co + b * si;
-        hvec[j + half] = -a * si + b * co;
+    x0 = x;
+
+    // RoPE on the first r dims, pairs (p, p + r/2), inv_freq rounded to bf16.
+    const int r = c.rope_dims > 0 ? c.rope_dims : hd, half = r / 2;
+    Vec inv(half);
+    for (int p = 0; p < half; ++p) inv[p] = at::BFloat16(1.0f / std::pow(float(c.rope_base), float(2 * p) / float(r)));
+    auto rope = [&](Vec& hv, int t) {
+      for (int p = 0; p < half; ++p) {
+        const double ang = double(t) * inv[p], co = std::cos(ang), si = std::sin(ang);
+        const double a = hv[p], b = hv[p + half];
+        hv[p] = a * co + b * si;
+        hv[p + half] = -a * si + b * co;
       }
     };
-    auto run_block = [&](int L) {
+    auto ln = [&](int L) { return c.ln_scale ? 1.0 / std::sqrt(double(L + 1)) : 1.0; };
+
+    // Attention of physical layer L on normed inputs nx -> outputs [T][d].
+    auto attn = [&](int L, const Seq& nx) {
       const std::string p = "blocks." + std::to_string(L) + ".";
-      Mat mix = m(p + "resid_mix");
-      Vec as = v(p + "attn_scale"), ms = v(p + "mlp_scale"), qg = v(p + "attn.q_gain");
+      Vec qg = v(p + "attn.q_gain");
       Mat Wq = m(p + "attn.c_q.weight"), Wk = m(p + "attn.c_k.weight"), Wv = m(p + "attn.c_v.weight"),
-          Wo = m(p + "attn.proj.weight"), Wfc = m(p + "mlp.fc.weight"), Wpr = m(p + "mlp.proj.weight");
-      for (int t = 0; t < T; ++t)
-        for (int i = 0; i < d; ++i) x[t][i] = mix[0][i] * x[t][i] + mix[1][i] * x0[t][i];
-      // q, k, v per position and head
+          Wo = m(p + "attn.proj.weight");
       std::vector<std::vector<Vec>> q(T, std::vector<Vec>(H)), k(T, std::vector<Vec>(KV)), vv(T, std::vector<Vec>(KV));
       for (int t = 0; t < T; ++t) {
-        Vec n = rms(x[t], eps), qa = matvec(Wq, n), ka = matvec(Wk, n), va = matvec(Wv, n);
+        Vec qa = matvec(Wq, nx[t]), ka = matvec(Wk, nx[t]), va = matvec(Wv, nx[t]);
         for (int h = 0; h < H; ++h) {
           q[t][h] = rms(Vec(qa.begin() + h * hd, qa.begin() + (h + 1) * hd), eps);
           rope(q[t][h], t);
@@ -92,7 +103,9 @@ struct Ref {
           vv[t][h] = Vec(va.begin() + h * hd, va.begin() + (h + 1) * hd);
         }
       }
-      std::vector<Vec> out(T, Vec(d, 0.0));
+      const int window = c.attn_windows.empty() ? 0 : c.attn_windows[L];
+      const bool xsa = L >= n_layers - c.xsa_last_n;
+      Seq out(T);
       for (int t = 0; t < T; ++t) {
         Vec y(d, 0.0);
         for (int h = 0; h < H; ++h) {
@@ -100,7 +113,7 @@ struct Ref {
           Vec s;
           std::vector<int> keys;
           for (int u = 0; u <= t; ++u) {
-            if (seg[u] != seg[t]) continue;
+            if (seg[u] != seg[t] || (window > 0 && t - u >= window)) continue;
             double dot = 0;
             for (int e = 0; e < hd; ++e) dot += q[t][h][e] * k[u][g][e];
             s.push_back(dot / std::sqrt(double(hd)));
@@ -109,35 +122,118 @@ struct Ref {
           double mx = -1e300, z = 0;
           for (double a : s) mx = std::max(mx, a);
           for (double& a : s) z += (a = std::exp(a - mx));
+          Vec yh(hd, 0.0);
           for (size_t n = 0; n < keys.size(); ++n)
-            for (int e = 0; e < hd; ++e) y[h * hd + e] += s[n] / z * vv[keys[n]][g][e];
+            for (int e = 0; e < hd; ++e) yh[e] += s[n] / z * vv[keys[n]][g][e];
+          if (xsa) {  // subtract the projection on the unit value vector of this position's group
+            double nv = 0, dot = 0;
+            for (int e = 0; e < hd; ++e) nv += vv[t][g][e] * vv[t][g][e];
+            nv = std::max(std::sqrt(nv), 1e-12);
+            for (int e = 0; e < hd; ++e) dot += yh[e] * vv[t][g][e] / nv;
+            for (int e = 0; e < hd; ++e) yh[e] -= dot * vv[t][g][e] / nv;
+          }
+          for (int e = 0; e < hd; ++e) y[h * hd + e] = yh[e];
         }
-        Vec o = matvec(Wo, y);
-        for (int i = 0; i < d; ++i) x[t][i] += as[i] * o[i];
-        Vec hdn = matvec(Wfc, rms(x[t], eps));
-        for (double& a : hdn) a = a > 0 ? a * a : 0.0;
-        Vec mo = matvec(Wpr, hdn);
-        for (int i = 0; i < d; ++i) x[t][i] += ms[i] * mo[i];
+        out[t] = matvec(Wo, y);
       }
+      return out;
     };
-    const int enc = c.num_layers / 2, dec = c.num_layers - enc;
-    std::vector<std::vector<Vec>> skips;
-    Mat sw = std::min(enc, dec) > 0 ? m("skip_weights") : Mat{};
-    for (int L = 0; L < enc; ++L) {
-      run_block(L);
+    auto mlp = [&](int L, const Vec& nx) {
+      const std::string p = "blocks." + std::to_string(L) + ".";
+      Vec hdn = matvec(m(p + "mlp.fc.weight"), nx);
+      for (double& a : hdn) {
+        const double act = a > 0 ? a : (c.mlp_activation == "leaky_relu2" ? c.mlp_leaky_slope * a : 0.0);
+        a = act * act;
+      }
+      return matvec(m(p + "mlp.proj.weight"), hdn);
+    };
+    // Block halves: attention with the x0 mix; MLP on its own input.
+    auto attn_half = [&](int L, const Seq& in) {
+      const std::string p = "blocks." + std::to_string(L) + ".";
+      Mat mix = m(p + "resid_mix");
+      Vec as = v(p + "attn_scale");
+      Seq xi(T), nx(T);
+      for (int t = 0; t < T; ++t) {
+        xi[t] = Vec(d);
+        for (int i = 0; i < d; ++i) xi[t][i] = mix[0][i] * in[t][i] + mix[1][i] * x0[t][i];
+        nx[t] = scaled(rms(xi[t], eps), ln(L));
+      }
+      Seq a = attn(L, nx);
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < d; ++i) xi[t][i] += as[i] * a[t][i];
+      return xi;
+    };
+    auto mlp_half = [&](int L, Seq in) {
+      Vec ms = v("blocks." + std::to_string(L) + ".mlp_scale");
+      for (int t = 0; t < T; ++t) {
+        Vec mo = mlp(L, scaled(rms(in[t], eps), ln(L)));
+        for (int i = 0; i < d; ++i) in[t][i] += ms[i] * mo[i];
+      }
+      return in;
+    };
+
+    // Layer sequence: 0..loop_start-1, (loop_start..loop_end) x (num_loops+1), loop_end+1..n-1.
+    std::vector<int> seq;
+    if (c.num_loops > 0) {
+      for (int i = 0; i < c.loop_start; ++i) seq.push_back(i);
+      for (int r2 = 0; r2 <= c.num_loops; ++r2)
+        for (int i = c.loop_start; i <= c.loop_end; ++i) seq.push_back(i);
+      for (int i = c.loop_end + 1; i < n_layers; ++i) seq.push_back(i);
+    } else {
+      for (int i = 0; i < n_layers; ++i) seq.push_back(i);
+    }
+    const int enc = int(seq.size()) / 2, dec = int(seq.size()) - enc, S = std::min(enc, dec);
+    Mat sw = S > 0 ? m("skip_weights") : Mat{};
+    Mat sg = S > 0 && c.skip_gates_enabled ? m("skip_gates") : Mat{};
+    auto with_skip = [&](int j, Seq cur, const Seq& sk) {
+      for (int t = 0; t < T; ++t)
+        for (int e = 0; e < d; ++e) {
+          const double s = sw[j][e] * sk[t][e];
+          if (sg.empty()) {
+            cur[t][e] += s;
+          } else {
+            const double g = 1.0 / (1.0 + std::exp(-sg[j][e]));
+            cur[t][e] = s + g * (cur[t][e] - s);
+          }
+        }
+      return cur;
+    };
+    std::vector<Seq> skips;
+    for (int s = 0; s < enc; ++s) {
+      x = mlp_half(seq[s], attn_half(seq[s], x));
       skips.push_back(x);
     }
-    for (int i = 0; i < dec; ++i) {
-      if (!skips.empty()) {
-        for (int t = 0; t < T; ++t)
-          for (int e = 0; e < d; ++e) x[t][e] += sw[i][e] * skips.back()[t][e];
-        skips.pop_back();
+    bool lanes = false;
+    Seq l0, l1;
+    for (int j = 0; j < dec; ++j) {
+      const int L = seq[enc + j];
+      const bool has_skip = j < S && !skips.empty();
+      if (!lanes) {
+        if (has_skip) { x = with_skip(j, x, skips.back()); skips.pop_back(); }
+        if (c.parallel_start_layer > 0 && L >= c.parallel_start_layer) {
+          lanes = true;
+          l0 = attn_half(L, x);
+          l1 = mlp_half(L, x);
+        } else {
+          x = mlp_half(L, attn_half(L, x));
+        }
+      } else {
+        if (has_skip) { l0 = with_skip(j, l0, skips.back()); skips.pop_back(); }
+        l0 = attn_half(L, l0);
+        l1 = mlp_half(L, l1);
       }
-      run_block(enc + i);
     }
+    if (lanes) {
+      const double lam = w.get("lane_merge").to(at::kDouble).item<double>();
+      for (int t = 0; t < T; ++t)
+        for (int e = 0; e < d; ++e) x[t][e] = lam * l0[t][e] + (1 - lam) * l1[t][e];
+    }
+    Mat head = m(c.tie_embeddings ? "tok_emb.weight" : "lm_head.weight");
     Vec out(T);
     for (int t = 0; t < T; ++t) {
-      Vec logits = matvec(E, rms(x[t], eps));
+      Vec hfin = rms(x[t], eps);
+      if (proj) hfin = matvec(m("head_proj.weight"), hfin);
+      Vec logits = matvec(head, hfin);
       double mx = -1e300, z = 0;
       for (double& a : logits) {
         a = c.logit_softcap * std::tanh(a / c.logit_softcap);
@@ -160,6 +256,26 @@ inline ModelConfig tiny_config() {
   c.mlp_mult = 2.0;
   c.logit_softcap = 5.0;  // small, so tanh is far from linear
   c.train_seq_len = 16;
+  return c;
+}
+
+// Every frontier switch at once, small.
+inline ModelConfig tiny_frontier_config() {
+  ModelConfig c = tiny_config();
+  c.num_layers = 5;
+  c.embedding_dim = 8;
+  c.mlp_mult = 1.5;
+  c.mlp_activation = "leaky_relu2";
+  c.rope_dims = 2;
+  c.qk_gain_init = 5.0;
+  c.xsa_last_n = 3;
+  c.ln_scale = true;
+  c.skip_gates_enabled = true;
+  c.parallel_start_layer = 3;
+  c.num_loops = 1;
+  c.loop_start = 1;
+  c.loop_end = 2;
+  c.attn_windows = {0, 3, 0, 2, 0};
   return c;
 }
 

@@ -25,10 +25,12 @@ TEST(ModelConfig, PresetsAreValidAndShapedLikeTheReference) {
   EXPECT_EQ(b.rotary_dims(), 64);
   EXPECT_EQ(b.layer_sequence(), (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8}));
   EXPECT_EQ(b.num_encoder_steps(), 4);
+  EXPECT_EQ(b.num_skips(), 4);
   ModelConfig f = ModelConfig::frontier();
   f.validate();
   EXPECT_EQ(f.mlp_hidden(), 2048);
   EXPECT_EQ(f.rotary_dims(), 16);
+  EXPECT_EQ(f.num_skips(), 8);
   // The frontier log prints encoder [0,1,2,3,4,5,3,4] and decoder [5,3,4,5,6,7,8,9,10].
   std::vector<int> seq = f.layer_sequence();
   ASSERT_EQ(seq.size(), 17u);
