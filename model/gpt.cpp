@@ -91,7 +91,14 @@ at::Tensor attn_forward(const Ctx& c, int layer, const at::Tensor& n, const at::
   at::Tensor v = c.linear(n, pre + "c_v.weight").view({B, T, KV, hd}).transpose(1, 2);
   q = c.store(apply_rope(c.rms(q), cos, sin) * c.pw(pre + "q_gain").view({1, H, 1, 1}));
   k = c.store(apply_rope(c.rms(k), cos, sin));
-  at::Tensor y = attention(c, q, k, v, attention_mask(c, layer, T, n.device()));  // [B, H, T, hd]
+  const bool plain_causal = !c.segment_ids.defined() && (cfg.attn_windows.empty() || cfg.attn_windows[layer] == 0);
+  at::Tensor y;  // [B, H, T, hd], math type
+  if (compat::has_fused_causal_attention && plain_causal && c.act == at::kBFloat16 && q.is_cuda()) {
+    at::Tensor kk = KV == H ? k : k.repeat_interleave(H / KV, 1), vv = KV == H ? v : v.repeat_interleave(H / KV, 1);
+    y = c.up(compat::fused_causal_attention(q, kk, vv));
+  } else {
+    y = attention(c, q, k, v, attention_mask(c, layer, T, n.device()));
+  }
   if (layer >= cfg.num_layers - cfg.xsa_last_n) {
     // XSA: remove from each head's output its component along the unit value
     // vector of its KV group at the same position (float32, as F.normalize
