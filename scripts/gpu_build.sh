@@ -39,7 +39,12 @@ t3=$EPOCHREALTIME
 touch data/shard.cpp && cmake --build "$B" 2>&1 | tail -1
 t4=$EPOCHREALTIME
 "$B/pgolf" env --bench --json >"${OUT:-/tmp}/env.json"
-"$B/pgolf" data bytes --val "$C/shared/data/corpus/fineweb_val_*.bin" --tokenizer "$C/shared/data/fineweb_8192_bpe.model" --json
+# Eval speed on a baseline-shaped model (vocab 8192, 9x512, L=1024) over the shared val set.
+"$B/pgolf" init --set vocab_size=8192 --out /tmp/base8192.h5
+VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
+"$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --json --quiet >"${OUT:-/tmp}/eval_std.json"
+"$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --json --quiet >"${OUT:-/tmp}/eval_sw.json"
+t5=$EPOCHREALTIME
 
 d() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
 echo
@@ -50,3 +55,5 @@ echo "| clean build ($(nproc) cores) | $(d "$t1" "$t2") |"
 echo "| ctest | $(d "$t2" "$t3") |"
 echo "| rebuild after touching one data/ file | $(d "$t3" "$t4") |"
 echo "env: $(cat "${OUT:-/tmp}/env.json")"
+echo "eval standard: $(cat "${OUT:-/tmp}/eval_std.json")"
+echo "eval sliding S=64: $(cat "${OUT:-/tmp}/eval_sw.json")"

@@ -1,0 +1,58 @@
+// Tests that need a CUDA device (label "gpu"; run on the GPU machine by
+// scripts/gpu_build.sh, not by CI). The same model on CUDA and on the CPU.
+#include <gtest/gtest.h>
+
+#include "model/gpt.h"
+#include "model/pch.h"
+#include "model/runtime.h"
+#include "tests/gpt_reference.h"
+
+namespace pgolf::test {
+namespace {
+
+GptWeights on_cuda(GptWeights w, at::ScalarType t) {
+  for (auto& [n, x] : w.tensors) x = x.to(at::kCUDA).to(t);
+  return w;
+}
+
+class Cuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!runtime_info().cuda) GTEST_FAIL() << "no CUDA device: run the gpu label on the GPU machine";
+  }
+};
+
+TEST_F(Cuda, Float32ForwardMatchesCpuFloat64) {
+  for (ModelConfig c : {tiny_config(), tiny_frontier_config()}) {
+    GptWeights w = random_weights(c, 3);
+    at::Tensor in = at::randint(c.vocab_size, {3, 11}, at::kLong), tg = at::randint(c.vocab_size, {3, 11}, at::kLong);
+    ForwardOptions f64;
+    f64.precision = Precision::F64;
+    at::Tensor ref = forward_nll(w, in, tg, f64);
+    at::Tensor got = forward_nll(on_cuda(w, at::kFloat), in.cuda(), tg.cuda()).cpu().to(at::kDouble);
+    EXPECT_LT((got - ref).abs().max().item<double>(), 1e-3);  // TF32 may be on for CUDA matmuls
+  }
+}
+
+TEST_F(Cuda, Bf16FusedAttentionPathStaysCloseToFloat64) {
+  ModelConfig c = tiny_config();
+  c.vocab_size = 512;
+  c.model_dim = 128;
+  c.num_heads = 2;
+  c.num_kv_heads = 1;
+  GptWeights w = random_weights(c, 4);
+  at::Tensor in = at::randint(c.vocab_size, {4, 64}, at::kLong), tg = at::randint(c.vocab_size, {4, 64}, at::kLong);
+  ForwardOptions f64, bf;
+  f64.precision = Precision::F64;
+  bf.precision = Precision::BF16;
+  at::Tensor ref = forward_nll(w, in, tg, f64);
+  at::Tensor got = forward_nll(on_cuda(w, at::kFloat), in.cuda(), tg.cuda(), bf).cpu().to(at::kDouble);
+  const double rel = ((got - ref).abs().mean() / ref.abs().mean()).item<double>();
+  EXPECT_LT(rel, 2e-2) << "bf16 relative error";
+  // Batch composition does not change a row's result beyond bf16 noise.
+  at::Tensor one = forward_nll(on_cuda(w, at::kFloat), in.narrow(0, 2, 1).cuda(), tg.narrow(0, 2, 1).cuda(), bf).cpu();
+  EXPECT_LT((one[0].to(at::kDouble) - got[2]).abs().max().item<double>(), 1e-2);
+}
+
+}  // namespace
+}  // namespace pgolf::test
