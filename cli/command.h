@@ -10,6 +10,7 @@ namespace pgolf {
 void register_data_commands(CLI::App& app);   // data/data_commands.cpp
 void register_env_command(CLI::App& app);     // model/runtime.cpp
 void register_eval_command(CLI::App& app);    // eval/eval_command.cpp
-void register_model_commands(CLI::App& app);  // model/model_commands.cpp: init, inspect
+void register_model_commands(CLI::App& app);  // model/model_commands.cpp: init
+void register_inspect_command(CLI::App& app); // quant/inspect_command.cpp
 
 }  // namespace pgolf

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   pgolf::register_env_command(app);
   pgolf::register_eval_command(app);
   pgolf::register_model_commands(app);
+  pgolf::register_inspect_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

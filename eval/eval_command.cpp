@@ -12,7 +12,7 @@
 #include "data/token_stream.h"
 #include "data/tokenizer.h"
 #include "eval/evaluator.h"
-#include "model/model_io.h"
+#include "quant/model_files.h"
 #include "model/pch.h"
 #include "model/runtime.h"
 
@@ -38,7 +38,9 @@ std::string with_commas(uint64_t v) {
 void run_eval(const EvalArgs& a) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  GptWeights w = load_model(a.model);
+  std::string notes;
+  GptWeights w = load_model_file(a.model, &notes);
+  if (!notes.empty() && !a.quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
   Tokenizer tok(a.tokenizer);
   if (tok.vocab_size() != w.config.vocab_size)
     fail(a.tokenizer, "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model's vocab_size is " +
@@ -114,7 +116,8 @@ void run_eval(const EvalArgs& a) {
 }  // namespace
 
 void add_model_options(CLI::App* cmd, ModelSource& m) {
-  cmd->add_option("--model", m.path, "pgolf checkpoint (.h5)")->required();
+  cmd->add_option("--model", m.path, "pgolf checkpoint (.h5) or parameter-golf final_model.pt / .int8.ptz / .int6.ptz")
+      ->required();
   cmd->add_option("--config", m.config_path, "model config JSON overriding the checkpoint's");
   cmd->add_option("--config-from-log", m.log_path, "reference training log: its Hyperparameters block");
   cmd->add_option("--set", m.sets, "override one config field: key=value (repeatable)");

@@ -1,5 +1,4 @@
-// `pgolf init` (a freshly initialised model) and `pgolf inspect` (what a
-// model file holds).
+// `pgolf init`: a freshly initialised model, as training starts from it.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -7,19 +6,12 @@
 
 #include "cli/command.h"
 #include "data/error.h"
-#include "model/checkpoint.h"
 #include "model/model_io.h"
 #include "model/pch.h"
 
 namespace pgolf {
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out;
-  for (int64_t v : s) out += (out.empty() ? "" : "x") + std::to_string(v);
-  return out.empty() ? "scalar" : out;
-}
 
 struct InitArgs {
   ModelSource src;  // path unused; config overrides only
@@ -41,37 +33,6 @@ void run_init(const InitArgs& a) {
                (unsigned long long)a.seed);
 }
 
-void run_inspect(const std::string& path, bool json) {
-  CheckpointInfo info = list_checkpoint(path);
-  uint64_t params = 0, bytes = 0;
-  nlohmann::json tensors = nlohmann::json::array();
-  std::fprintf(stderr, "%-44s %-12s %-10s %12s\n", "tensor", "shape", "dtype", "bytes");
-  for (const CheckpointTensorInfo& t : info.tensors) {
-    uint64_t n = 1;
-    for (int64_t s : t.shape) n *= uint64_t(s);
-    params += n;
-    bytes += t.bytes;
-    std::fprintf(stderr, "%-44s %-12s %-10s %12llu\n", t.name.c_str(), shape_text(t.shape).c_str(), dtype_name(t.dtype),
-                 (unsigned long long)t.bytes);
-    tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"dtype", dtype_name(t.dtype)}, {"bytes", t.bytes}});
-  }
-  std::fprintf(stderr, "%zu tensors, %llu parameters, %llu bytes of tensor data, file %llu bytes\nconfig: %s\n",
-               info.tensors.size(), (unsigned long long)params, (unsigned long long)bytes,
-               (unsigned long long)info.file_bytes, info.config_json.c_str());
-  if (json) {
-    nlohmann::json cfg = nlohmann::json::parse(info.config_json, nullptr, false);
-    std::printf("%s\n", nlohmann::json({{"file", path},
-                                        {"format", kCheckpointFormat},
-                                        {"tensors", tensors},
-                                        {"parameters", params},
-                                        {"tensor_bytes", bytes},
-                                        {"file_bytes", info.file_bytes},
-                                        {"config", cfg.is_discarded() ? nlohmann::json(info.config_json) : cfg}})
-                            .dump()
-                            .c_str());
-  }
-}
-
 }  // namespace
 
 void register_model_commands(CLI::App& app) {
@@ -85,11 +46,6 @@ void register_model_commands(CLI::App& app) {
   init->add_option("--out", a->out, "checkpoint to write (.h5)")->required();
   init->callback([a]() { run_init(*a); });
 
-  auto path = std::make_shared<std::pair<std::string, bool>>();
-  CLI::App* ins = app.add_subcommand("inspect", "Names, shapes, dtypes, bytes and config of a model file");
-  ins->add_option("file", path->first, "a pgolf checkpoint (.h5)")->required();
-  ins->add_flag("--json", path->second, "print one JSON object on stdout");
-  ins->callback([path]() { run_inspect(path->first, path->second); });
 }
 
 }  // namespace pgolf
