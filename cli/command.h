@@ -12,5 +12,6 @@ void register_env_command(CLI::App& app);     // model/runtime.cpp
 void register_eval_command(CLI::App& app);    // eval/eval_command.cpp
 void register_model_commands(CLI::App& app);  // model/model_commands.cpp: init
 void register_inspect_command(CLI::App& app); // quant/inspect_command.cpp
+void register_train_command(CLI::App& app);   // cli/train_command.cpp (model training + eval validation)
 
 }  // namespace pgolf

@@ -3,11 +3,16 @@
 
 #include <cstdio>
 #include <exception>
+#include <malloc.h>
 
 #include "cli/command.h"
 #include "data/error.h"
 
 int main(int argc, char** argv) {
+  // Tensors of tens of MB are allocated and freed every step; keep them in the
+  // heap instead of fresh mmaps (page faults otherwise dominate on the CPU).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"pgolf: parameter-golf evaluation, quantization and test-time training"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("pgolf ") + PGOLF_VERSION);
@@ -16,6 +21,7 @@ int main(int argc, char** argv) {
   pgolf::register_eval_command(app);
   pgolf::register_model_commands(app);
   pgolf::register_inspect_command(app);
+  pgolf::register_train_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -336,7 +336,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
     tgt = tgt.index_select(0, rows);
   }
   const at::Tensor head = c.mm_weight(cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight");
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(64) << 20) / (4 * int64_t(cfg.vocab_size)));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(16) << 20) / (4 * int64_t(cfg.vocab_size)));  // < the mmap threshold
   std::vector<at::Tensor> parts;
   for (int64_t r = 0; r < h.size(0); r += chunk) {
     const int64_t n = std::min(chunk, h.size(0) - r);

@@ -1,0 +1,144 @@
+// `pgolf train`: a model trained from scratch (or continued from a
+// checkpoint) on training shards, validated with the evaluator, saved as an
+// HDF5 checkpoint. Composes model/ (training) and eval/ (validation bpb).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+#include "cli/command.h"
+#include "data/byte_counter.h"
+#include "data/error.h"
+#include "data/token_stream.h"
+#include "data/tokenizer.h"
+#include "eval/evaluator.h"
+#include "model/model_io.h"
+#include "model/pch.h"
+#include "model/runtime.h"
+#include "model/train.h"
+
+namespace pgolf {
+
+namespace {
+
+struct TrainArgs {
+  ModelSource src;  // path: optional checkpoint to continue from
+  std::string preset = "baseline", out, tokenizer, device = "auto";
+  std::vector<std::string> train, val;
+  TrainOptions opt;
+  int64_t val_every = 0, log_every = 50, val_tokens = 0;
+  bool json = false;
+};
+
+EvalResult validate(const GptWeights& w, const TokenStream& val, const ByteCounter& bc, Precision p, uint16_t bos) {
+  EvalOptions eo;
+  eo.seq_len = uint32_t(w.config.train_seq_len);
+  eo.precision = p;
+  eo.bos_id = bos;
+  eo.batch_tokens = 8 * uint64_t(eo.seq_len);
+  return evaluate(w, val, bc, eo);
+}
+
+void run_train(TrainArgs& a) {
+  ModelConfig base = a.preset == "frontier" ? ModelConfig::frontier() : ModelConfig::baseline();
+  if (a.preset != "baseline" && a.preset != "frontier") throw Error("--preset must be baseline or frontier");
+  GptWeights w;
+  if (!a.src.path.empty()) {
+    w = load_model(a.src);
+  } else {
+    w = init_gpt_weights(apply_config_overrides(base, a.src), a.opt.seed);
+  }
+  Tokenizer tok(a.tokenizer);
+  if (tok.vocab_size() != w.config.vocab_size)
+    fail(a.tokenizer, "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model's vocab_size is " +
+                          std::to_string(w.config.vocab_size));
+  TokenStream train(a.train), val(a.val);
+  train.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
+  val.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
+  ByteCounter bc(tok, w.config.vocab_size);
+
+  const RuntimeInfo rt = runtime_info();
+  const bool cuda = a.device == "cuda" || (a.device == "auto" && rt.cuda);
+  if (a.device == "cuda" && !rt.cuda) throw Error("--device cuda: no CUDA device is available");
+  if (cuda) {
+    for (auto& [n, t] : w.tensors) t = t.to(at::kCUDA);
+    a.opt.precision = Precision::BF16;
+  }
+  if (a.opt.batch_tokens == 0) a.opt.batch_tokens = int64_t(w.config.train_seq_len) * (cuda ? 64 : 4);
+  int64_t params = 0;
+  for (const auto& [n, t] : w.tensors) params += t.numel();
+  std::fprintf(stderr, "train: %lld parameters, %lld steps of %lld tokens (L=%d), %s\n", (long long)params,
+               (long long)a.opt.iterations, (long long)a.opt.batch_tokens, w.config.train_seq_len,
+               cuda ? rt.device_name.c_str() : "cpu");
+  const uint16_t bos = uint16_t(tok.bos_id());
+  const Precision eval_precision = cuda ? Precision::BF16 : Precision::F32;
+  nlohmann::json history = nlohmann::json::array();
+  double first_loss = 0, last_loss = 0;
+  int64_t steps = 0;
+  double seconds = 0;
+  train_gpt(w, train, a.opt, [&](const TrainStep& s) {
+    if (s.step == 1) first_loss = s.loss;
+    last_loss = s.loss;
+    steps = s.step;
+    seconds = s.seconds;
+    if (s.step == 1 || s.step % a.log_every == 0 || s.step == a.opt.iterations)
+      std::fprintf(stderr, "%lld/%lld train_loss: %.4f lr_mult: %.3f time: %.1fs tok/s: %.0f\n", (long long)s.step,
+                   (long long)a.opt.iterations, s.loss, s.lr_mult, s.seconds, s.tokens_per_second);
+    if (a.val_every > 0 && s.step % a.val_every == 0 && s.step != a.opt.iterations) {
+      EvalResult r = validate(w, val, bc, eval_precision, bos);
+      std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)s.step, (long long)a.opt.iterations,
+                   r.loss(), r.bpb());
+      history.push_back({{"step", s.step}, {"val_loss", r.loss()}, {"val_bpb", r.bpb()}});
+    }
+    return true;
+  });
+  EvalResult r = validate(w, val, bc, eval_precision, bos);
+  std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)steps, (long long)a.opt.iterations,
+               r.loss(), r.bpb());
+  for (auto& [n, t] : w.tensors) t = t.to(at::kCPU);
+  save_checkpoint(a.out, w);
+  std::fprintf(stderr, "saved %s (%.1f s of training)\n", a.out.c_str(), seconds);
+  if (a.json)
+    std::printf("%s\n", nlohmann::json({{"steps", steps},
+                                        {"seconds", seconds},
+                                        {"first_train_loss", first_loss},
+                                        {"last_train_loss", last_loss},
+                                        {"val_loss", r.loss()},
+                                        {"val_bpb", r.bpb()},
+                                        {"val_history", history},
+                                        {"out", a.out}})
+                            .dump()
+                            .c_str());
+}
+
+}  // namespace
+
+void register_train_command(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model (the reference's Muon + Adam recipe) and save a checkpoint");
+  cmd->add_option("--train", a->train, "training shards: files or quoted globs")->required();
+  cmd->add_option("--val", a->val, "validation shards for val_bpb")->required();
+  cmd->add_option("--tokenizer", a->tokenizer, "the SentencePiece .model of the shards")->required();
+  cmd->add_option("--out", a->out, "checkpoint to write (.h5)")->required();
+  cmd->add_option("--init-from", a->src.path, "continue from this checkpoint instead of a fresh init");
+  cmd->add_option("--preset", a->preset, "baseline or frontier (for a fresh model)")->capture_default_str();
+  cmd->add_option("--config", a->src.config_path, "model config JSON applied over the preset");
+  cmd->add_option("--config-from-log", a->src.log_path, "reference training log: its Hyperparameters block");
+  cmd->add_option("--set", a->src.sets, "override one config field: key=value (repeatable)");
+  cmd->add_option("--iterations", a->opt.iterations, "training steps")->capture_default_str();
+  cmd->add_option("--batch-tokens", a->opt.batch_tokens, "tokens per step (default 64 rows on CUDA, 4 on CPU)");
+  cmd->add_option("--warmdown-iters", a->opt.warmdown_iters, "linear LR decay over the last N steps")->capture_default_str();
+  cmd->add_option("--max-seconds", a->opt.max_seconds, "wall-clock cap (0 = none)")->capture_default_str();
+  cmd->add_option("--matrix-lr", a->opt.matrix_lr, "Muon learning rate")->capture_default_str();
+  cmd->add_option("--scalar-lr", a->opt.scalar_lr, "Adam learning rate of control tensors")->capture_default_str();
+  cmd->add_option("--tied-embed-lr", a->opt.tied_embed_lr, "Adam learning rate of the tied embedding")->capture_default_str();
+  cmd->add_option("--grad-clip-norm", a->opt.grad_clip_norm, "clip the global gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--seed", a->opt.seed, "initialisation and data seed")->capture_default_str();
+  cmd->add_option("--val-every", a->val_every, "validate every N steps (0 = only at the end)");
+  cmd->add_option("--log-every", a->log_every, "print the training loss every N steps")->capture_default_str();
+  cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();
+  cmd->add_flag("--json", a->json, "print a JSON summary on stdout");
+  cmd->callback([a]() { run_train(*a); });
+}
+
+}  // namespace pgolf

@@ -1,0 +1,48 @@
+// Training a parameter-golf GPT (the reference's recipe, root train_gpt.py):
+// Muon (Newton-Schulz orthogonalised momentum) for the block matrices, Adam
+// for the embedding and the small control tensors, a linear warmdown over the
+// last steps, a wall-clock cap. Data: the training shards read in order, each
+// step a contiguous span of batch_tokens + 1 tokens cut into rows of seq_len
+// (as the reference's loader does).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/gpt.h"
+
+namespace pgolf {
+
+class TokenStream;
+
+struct TrainOptions {
+  int64_t iterations = 1000;
+  int64_t batch_tokens = 65536;     // per step (rows = batch_tokens / seq_len)
+  int64_t warmdown_iters = 150;     // LR goes linearly to 0 over the last this-many steps
+  double max_seconds = 0;           // wall-clock cap (0 = none); the warmdown then follows elapsed time
+  double matrix_lr = 0.04, scalar_lr = 0.04, tied_embed_lr = 0.05, embed_lr = 0.6, head_lr = 0.008;
+  double muon_momentum = 0.95, muon_momentum_warmup_start = 0.85;
+  int64_t muon_momentum_warmup_steps = 500;
+  int muon_backend_steps = 5;
+  double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
+  double grad_clip_norm = 0;        // 0 = off
+  Precision precision = Precision::F32;
+  uint64_t seed = 1337;
+};
+
+struct TrainStep {
+  int64_t step = 0;
+  double loss = 0, lr_mult = 0, seconds = 0, tokens_per_second = 0;
+};
+
+// Trains w in place (its tensors become float32 parameters on their device).
+// on_step runs after every step; returning false stops training early.
+void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& opt,
+               const std::function<bool(const TrainStep&)>& on_step);
+
+// Newton-Schulz iteration for the orthogonal factor of G (the reference's
+// zeropower_via_newtonschulz5), in bf16, as Muon uses it. Exposed for tests.
+at::Tensor newton_schulz_orthogonalize(const at::Tensor& g, int steps);
+
+}  // namespace pgolf

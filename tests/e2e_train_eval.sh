@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# End to end on the CPU: documents -> shards -> a tiny model trained by
+# `pgolf train` -> checkpoint -> `pgolf eval` (standard and sliding) ->
+# `pgolf inspect`. Checks that training lowers the bpb well below the untrained
+# model's and that the evaluator reproduces the trainer's validation number.
+set -euo pipefail
+PGOLF=$1
+SHARED=$2
+TOK=$SHARED/data/fineweb_8192_bpe.model
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+json() { sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"; }
+fail() { echo "FAIL: $*"; exit 1; }
+
+# The first 60 validation documents for validation, the other 856 for training.
+"$PGOLF" data build --docs "$SHARED/data/corpus/docs_val.jsonl" --tokenizer "$TOK" --out "$T/shards" --val-docs 60
+SET=(--set vocab_size=8192 --set num_layers=2 --set model_dim=64 --set num_heads=2 --set num_kv_heads=1 --set train_seq_len=128)
+"$PGOLF" init "${SET[@]}" --out "$T/init.h5"
+base=$("$PGOLF" eval --model "$T/init.h5" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" --json --quiet)
+trained=$("$PGOLF" train --train "$T/shards/fineweb_train_*.bin" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" \
+  --out "$T/model.h5" "${SET[@]}" --iterations 120 --batch-tokens 1024 --warmdown-iters 30 --log-every 40 --json)
+std=$("$PGOLF" eval --model "$T/model.h5" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" --json --quiet)
+sw=$("$PGOLF" eval --model "$T/model.h5" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" --stride 32 --doc-mask --json --quiet)
+"$PGOLF" inspect "$T/model.h5" --json >/dev/null
+
+b0=$(json "$base" bpb); b1=$(json "$std" bpb); bt=$(json "$trained" val_bpb); bs=$(json "$sw" bpb)
+echo "untrained bpb $b0 | trained: train's val_bpb $bt, eval standard $b1, eval sliding+doc-mask $bs"
+awk -v a="$b0" 'BEGIN{exit !(a > 4.0 && a < 5.5)}' || fail "untrained bpb $b0 is not near log2(8192)/bytes-per-token"
+awk -v a="$b1" -v b="$b0" 'BEGIN{exit !(a < b - 1.0)}' || fail "training did not lower bpb enough ($b0 -> $b1)"
+awk -v a="$b1" -v b="$bt" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(d < 1e-6)}' || fail "eval ($b1) != train's validation ($bt)"
+awk -v a="$bs" -v b="$b1" 'BEGIN{exit !(a < b + 0.05)}' || fail "sliding eval ($bs) is not at least as good as standard ($b1)"
+echo "1 passed, 0 failed"
