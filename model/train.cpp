@@ -7,6 +7,8 @@
 #include "data/token_stream.h"
 #include "model/pch.h"
 
+#include <c10/core/GradMode.h>
+
 namespace pgolf {
 
 namespace {
@@ -116,7 +118,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     at::Tensor loss = forward_nll(w, x, y, fo).mean();
     loss.backward();
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       if (o.grad_clip_norm > 0) {
         double sq = 0;
         for (auto& [n, t] : w.tensors) sq += t.grad().to(at::kDouble).pow(2).sum().item<double>();

@@ -32,7 +32,10 @@ t0=$EPOCHREALTIME
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$PREFIX" \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DPGOLF_SHARED_DIR="$C/shared" 2>&1 | tail -5
 t1=$EPOCHREALTIME
-cmake --build "$B" -j "$(nproc)" 2>&1 | tail -3
+if ! cmake --build "$B" -j "$(nproc)" >"${OUT:-/tmp}/build.log" 2>&1; then
+  grep -E -A8 "error|FAILED" "${OUT:-/tmp}/build.log" | head -80
+  exit 1
+fi
 t2=$EPOCHREALTIME
 ctest --test-dir "$B" --output-on-failure -j 8 2>&1 | tail -15
 t3=$EPOCHREALTIME
@@ -44,6 +47,10 @@ t4=$EPOCHREALTIME
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --json --quiet >"${OUT:-/tmp}/eval_std.json"
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --json --quiet >"${OUT:-/tmp}/eval_sw.json"
+# Training speed, same shape: 30 steps of 64 x 1024 tokens.
+"$B/pgolf" train --train "$C/shared/data/corpus/fineweb_train_000000.bin" --val "$VAL" --tokenizer "$TOK" \
+  --out /tmp/trained.h5 --set vocab_size=8192 --iterations 30 --batch-tokens 65536 --log-every 10 --json \
+  >"${OUT:-/tmp}/train.json"
 t5=$EPOCHREALTIME
 
 d() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
@@ -57,3 +64,4 @@ echo "| rebuild after touching one data/ file | $(d "$t3" "$t4") |"
 echo "env: $(cat "${OUT:-/tmp}/env.json")"
 echo "eval standard: $(cat "${OUT:-/tmp}/eval_std.json")"
 echo "eval sliding S=64: $(cat "${OUT:-/tmp}/eval_sw.json")"
+echo "train 30 steps: $(cat "${OUT:-/tmp}/train.json")"
