@@ -67,13 +67,17 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   f.commit();
 }
 
-std::string read_file(const std::string& path) {
+std::string read_file(const std::string& path, uint64_t max_size) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path, "cannot open: " + errno_text());
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
     fail(path, "not a regular file");
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_size) {
+    ::close(fd);
+    fail(path, "file of " + std::to_string(st.st_size) + " bytes is over the limit of " + std::to_string(max_size));
   }
   std::string out(static_cast<size_t>(st.st_size), '\0');
   size_t got = 0;

@@ -31,6 +31,8 @@ class AtomicFile {
 
 // Whole-file helpers.
 void write_file_atomic(const std::string& path, const std::string& bytes);
-std::string read_file(const std::string& path);  // throws pgolf::Error naming the path
+// The whole file; files over max_size bytes are refused (untrusted inputs).
+// Throws pgolf::Error naming the path.
+std::string read_file(const std::string& path, uint64_t max_size = UINT64_MAX);
 
 }  // namespace pgolf

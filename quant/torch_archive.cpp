@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <unordered_set>
 
+#include "data/atomic_file.h"
 #include "data/error.h"
 #include "quant/codec.h"
 
@@ -1152,35 +1153,8 @@ std::string zlib_inflate(std::string_view in, uint64_t max_size, const std::stri
 
 // ---- torch archive ----------------------------------------------------------------------
 
-std::string read_file_capped(const std::string& path, uint64_t max_size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "not a regular file");
-  }
-  if (static_cast<uint64_t>(st.st_size) > max_size) {
-    ::close(fd);
-    fail(path, "file of " + std::to_string(st.st_size) + " bytes is over the limit of " + std::to_string(max_size));
-  }
-  std::string out(static_cast<size_t>(st.st_size), '\0');
-  size_t got = 0;
-  while (got < out.size()) {
-    ssize_t r = ::read(fd, &out[got], out.size() - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      ::close(fd);
-      fail(path, "read failed");
-    }
-    got += static_cast<size_t>(r);
-  }
-  ::close(fd);
-  return out;
-}
-
 TorchArchive TorchArchive::open(const std::string& path, const ArchiveLimits& limits) {
-  return from_bytes(read_file_capped(path, limits.max_file), path, limits);
+  return from_bytes(read_file(path, limits.max_file), path, limits);
 }
 
 TorchArchive TorchArchive::from_bytes(std::string bytes, const std::string& what, const ArchiveLimits& limits) {
@@ -1309,13 +1283,13 @@ std::string TorchArchive::contiguous_bytes(const TensorRef& t) const {
 // ---- .ptz wrappers ------------------------------------------------------------------------
 
 TorchArchive open_int8_ptz(const std::string& path, uint64_t max_raw) {
-  std::string blob = read_file_capped(path, max_raw);
+  std::string blob = read_file(path, max_raw);
   std::string raw = zlib_inflate(blob, max_raw, path);
   return TorchArchive::from_bytes(std::move(raw), path);
 }
 
 TorchArchive open_int6_ptz(const std::string& path, uint64_t max_raw) {
-  std::string blob = read_file_capped(path, max_raw);
+  std::string blob = read_file(path, max_raw);
   std::string raw = decompress(blob, Codec::Brotli, max_raw + 5, path);
   if (raw.size() >= 4 && raw.compare(0, 4, "BSHF") == 0) raw = byte_unshuffle(raw, path);
   return TorchArchive::from_bytes(std::move(raw), path);

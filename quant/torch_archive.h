@@ -262,7 +262,4 @@ TorchArchive open_int8_ptz(const std::string& path, uint64_t max_raw = 1ull << 3
 // reader, an unshuffled payload (no "BSHF" magic) is taken as is.
 TorchArchive open_int6_ptz(const std::string& path, uint64_t max_raw = 1ull << 30);
 
-// Reads a whole file, refusing files over max_size bytes.
-std::string read_file_capped(const std::string& path, uint64_t max_size);
-
 }  // namespace pgolf::quant

@@ -3,19 +3,10 @@
 
 #include "data/error.h"
 #include "model/config.h"
+#include "tests/test_util.h"
 
 namespace pgolf::test {
 namespace {
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(ModelConfig, PresetsAreValidAndShapedLikeTheReference) {
   ModelConfig b = ModelConfig::baseline();

@@ -40,17 +40,6 @@ std::string raw_shard(int32_t magic, int32_t version, int32_t n, size_t payload_
   return s;
 }
 
-// The error message of f(), or "" if it did not throw pgolf::Error.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(Shard, WriteThenReadRoundTrips) {
   TempDir d;
   std::vector<uint16_t> toks = {1, 5, 65535, 0, 42};

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/atomic_file.h"
+#include "data/error.h"
 
 namespace pgolf::test {
 
@@ -16,6 +17,17 @@ inline std::string shared(const std::string& rel) { return std::string(PGOLF_SHA
 inline const std::string kTokenizer = shared("data/fineweb_8192_bpe.model");
 inline const std::string kValShard = shared("data/corpus/fineweb_val_000000.bin");
 inline const std::string kValDocs = shared("data/corpus/docs_val.jsonl");
+
+// The message of the pgolf::Error f() throws, or "" if it throws none.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 inline bool exists(const std::string& p) {
   struct stat st {};
