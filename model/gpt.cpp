@@ -24,6 +24,7 @@ struct Ctx {
   at::ScalarType math;  // pointwise math
   double eps;
   at::Tensor segment_ids;  // [B, T] or undefined
+  const LoraSet* lora = nullptr;
 
   at::Tensor mm_weight(const std::string& n) const { return w.get(n).to(act); }
   at::Tensor pw(const std::string& n) const { return w.get(n).to(math); }  // pointwise parameter, unrounded
@@ -36,6 +37,18 @@ struct Ctx {
     return xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
   }
   double ln_factor(int layer) const { return cfg.ln_scale ? 1.0 / std::sqrt(double(layer + 1)) : 1.0; }
+  const LoraAdapter* adapter(const std::string& key) const {
+    if (!lora) return nullptr;
+    auto it = lora->adapters.find(key);
+    return it == lora->adapters.end() ? nullptr : &it->second;
+  }
+  // y [B, T, out] plus the adapter's (x A^T) B^T for x [B, T, in], if there is one.
+  at::Tensor with_lora(const at::Tensor& y, const at::Tensor& x, const std::string& key) const {
+    const LoraAdapter* a = adapter(key);
+    if (!a) return y;
+    at::Tensor xa = at::bmm(store(x), a->A.to(act).transpose(1, 2));  // [B, T, r]
+    return store(up(y) + up(at::bmm(xa, a->B.to(act).transpose(1, 2))));
+  }
 };
 
 // Half-split rotation of the first 2 * cos.size(-1) dims of x [B, H, T, hd]
@@ -81,14 +94,16 @@ at::Tensor attention(const Ctx& c, const at::Tensor& q, const at::Tensor& k, con
   return outs.size() == 1 ? outs[0] : at::cat(outs, 0);
 }
 
-// Attention sublayer on the normed input n [B, T, d] -> [B, T, d] (act type).
-at::Tensor attn_forward(const Ctx& c, int layer, const at::Tensor& n, const at::Tensor& cos, const at::Tensor& sin) {
+// Attention sublayer of unrolled step `step` (physical layer `layer`) on the
+// normed input n [B, T, d] -> [B, T, d] (act type).
+at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, const at::Tensor& cos,
+                        const at::Tensor& sin) {
   const ModelConfig& cfg = c.cfg;
   const int64_t B = n.size(0), T = n.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
   const std::string pre = block(layer) + "attn.";
-  at::Tensor q = c.linear(n, pre + "c_q.weight").view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = c.linear(n, pre + "c_k.weight").view({B, T, KV, hd}).transpose(1, 2);
-  at::Tensor v = c.linear(n, pre + "c_v.weight").view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor q = c.with_lora(c.linear(n, pre + "c_q.weight"), n, lora_key(step, "q")).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = c.with_lora(c.linear(n, pre + "c_k.weight"), n, lora_key(step, "k")).view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd}).transpose(1, 2);
   q = c.store(apply_rope(c.rms(q), cos, sin) * c.pw(pre + "q_gain").view({1, H, 1, 1}));
   k = c.store(apply_rope(c.rms(k), cos, sin));
   const bool plain_causal = !c.segment_ids.defined() && (cfg.attn_windows.empty() || cfg.attn_windows[layer] == 0);
@@ -109,7 +124,7 @@ at::Tensor attn_forward(const Ctx& c, int layer, const at::Tensor& n, const at::
     y = y - (y * vhat).sum(-1, true) * vhat;
   }
   y = y.transpose(1, 2).reshape({B, T, H * hd});
-  return c.linear(y, pre + "proj.weight");
+  return c.with_lora(c.linear(y, pre + "proj.weight"), y, lora_key(step, "o"));
 }
 
 at::Tensor mlp_forward(const Ctx& c, int layer, const at::Tensor& n) {
@@ -119,12 +134,12 @@ at::Tensor mlp_forward(const Ctx& c, int layer, const at::Tensor& n) {
 }
 
 // x_in = mix0 x + mix1 x0; returns x_in + attn_scale * Attn(rms(x_in) * s).
-at::Tensor attn_half(const Ctx& c, int layer, const at::Tensor& x, const at::Tensor& x0, const at::Tensor& cos,
-                     const at::Tensor& sin) {
+at::Tensor attn_half(const Ctx& c, int step, int layer, const at::Tensor& x, const at::Tensor& x0,
+                     const at::Tensor& cos, const at::Tensor& sin) {
   const std::string pre = block(layer);
   at::Tensor mix = c.pw(pre + "resid_mix");  // [2, d]
   at::Tensor x_in = c.store(mix[0] * c.up(x) + mix[1] * c.up(x0));
-  at::Tensor a = attn_forward(c, layer, c.rms(x_in) * c.ln_factor(layer), cos, sin);
+  at::Tensor a = attn_forward(c, step, layer, c.rms(x_in) * c.ln_factor(layer), cos, sin);
   return c.store(c.up(x_in) + c.pw(pre + "attn_scale") * c.up(a));
 }
 
@@ -153,6 +168,8 @@ at::Tensor orthogonal(const std::vector<int64_t>& shape, at::Generator& gen) {
 }
 
 }  // namespace
+
+std::string lora_key(int step, const std::string& site) { return "step." + std::to_string(step) + "." + site; }
 
 double GptNumerics::norm_eps() {
   // The reference calls F.rms_norm(x, (d,)) with eps=None. ATen then uses the
@@ -279,7 +296,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType act = opt.precision == Precision::F64 ? at::kDouble
                              : opt.precision == Precision::BF16 ? at::kBFloat16 : at::kFloat;
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
-  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids};
+  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora};
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
   auto [cos, sin] = rope_tables(cfg, T, math, inputs.device());
 
@@ -292,7 +309,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const int S = cfg.num_skips();
   std::vector<at::Tensor> skips;
   for (size_t s = 0; s < enc; ++s) {
-    x = mlp_half(c, seq[s], attn_half(c, seq[s], x, x0, cos, sin));
+    x = mlp_half(c, seq[s], attn_half(c, int(s), seq[s], x, x0, cos, sin));
     skips.push_back(x);
   }
   at::Tensor lane0, lane1;  // two-lane parallel residuals, once started
@@ -305,17 +322,17 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
         skips.pop_back();
       }
       if (cfg.parallel_start_layer > 0 && i >= cfg.parallel_start_layer) {
-        lane0 = attn_half(c, i, x, x0, cos, sin);
+        lane0 = attn_half(c, int(enc + j), i, x, x0, cos, sin);
         lane1 = mlp_half(c, i, x);
       } else {
-        x = mlp_half(c, i, attn_half(c, i, x, x0, cos, sin));
+        x = mlp_half(c, i, attn_half(c, int(enc + j), i, x, x0, cos, sin));
       }
     } else {
       if (skip) {
         lane0 = add_skip(c, int(j), lane0, skips.back());
         skips.pop_back();
       }
-      lane0 = attn_half(c, i, lane0, x0, cos, sin);
+      lane0 = attn_half(c, int(enc + j), i, lane0, x0, cos, sin);
       lane1 = mlp_half(c, i, lane1);
     }
   }
@@ -336,14 +353,32 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
     tgt = tgt.index_select(0, rows);
   }
   const at::Tensor head = c.mm_weight(cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight");
+  auto nll_of = [&](const at::Tensor& logits_proj, const at::Tensor& t) {  // [n, V] act, [n] -> [n] math
+    at::Tensor logits = c.up(logits_proj);
+    logits = cfg.logit_softcap * at::tanh(logits / cfg.logit_softcap);
+    return at::logsumexp(logits, -1) - logits.gather(1, t.unsqueeze(1)).squeeze(1);
+  };
+  if (const LoraAdapter* a = c.adapter("head")) {
+    // Each batch row has its own head delta: rows of one batch row at a time.
+    at::Tensor row_ids = rows.defined() ? rows : at::arange(B * T, tgt.options());
+    at::Tensor batch_of = at::div(row_ids, T, "floor");
+    at::Tensor nll = at::zeros({h.size(0)}, h.options().dtype(math));
+    for (int64_t b = 0; b < B; ++b) {
+      at::Tensor idx = (batch_of == b).nonzero().squeeze(1);
+      if (idx.numel() == 0) continue;
+      at::Tensor hb = h.index_select(0, idx);
+      at::Tensor lp = c.store(c.up(at::linear(hb, head)) +
+                              c.up(at::linear(at::linear(hb, a->A[b].to(act)), a->B[b].to(act))));
+      nll = nll.index_copy(0, idx, nll_of(lp, tgt.index_select(0, idx)));
+    }
+    if (!rows.defined()) return nll.view({B, T});
+    return at::zeros({B * T}, nll.options()).index_copy_(0, rows, nll).view({B, T});
+  }
   const int64_t chunk = std::max<int64_t>(1, (int64_t(16) << 20) / (4 * int64_t(cfg.vocab_size)));  // < the mmap threshold
   std::vector<at::Tensor> parts;
   for (int64_t r = 0; r < h.size(0); r += chunk) {
     const int64_t n = std::min(chunk, h.size(0) - r);
-    at::Tensor logits = c.up(at::linear(h.narrow(0, r, n), head));
-    logits = cfg.logit_softcap * at::tanh(logits / cfg.logit_softcap);
-    at::Tensor t = tgt.narrow(0, r, n).unsqueeze(1);
-    parts.push_back(at::logsumexp(logits, -1) - logits.gather(1, t).squeeze(1));
+    parts.push_back(nll_of(at::linear(h.narrow(0, r, n), head), tgt.narrow(0, r, n)));
   }
   at::Tensor nll = parts.empty() ? at::zeros({0}, h.options().dtype(math)) : parts.size() == 1 ? parts[0] : at::cat(parts);
   if (!rows.defined()) return nll.view({B, T});

@@ -49,6 +49,20 @@ void check_weights(const GptWeights& w, const std::string& source);
 // stored as bf16. F32 / F64 run everything in that type (CPU, tests).
 enum class Precision { F32, F64, BF16 };
 
+// Low-rank adapters, one per batch row (test-time training): at a site whose
+// input is x [B, T, in], the output gains (x A_b^T) B_b^T for row b, with
+// A [B, r, in] and B [B, out, r]. Sites: lora_key(step, "q" | "k" | "v" | "o")
+// for the attention projections of the step-th entry of layer_sequence() (the
+// inputs of c_q / c_k / c_v / proj), and "head" for the LM head (its input is
+// the final normed hidden state; the delta is added before the softcap).
+struct LoraAdapter {
+  at::Tensor A, B;
+};
+struct LoraSet {
+  std::map<std::string, LoraAdapter> adapters;
+};
+std::string lora_key(int step, const std::string& site);
+
 struct ForwardOptions {
   Precision precision = Precision::F32;
   // [B, T] bool: positions whose NLL is computed (the LM head and the
@@ -57,6 +71,8 @@ struct ForwardOptions {
   // [B, T] int64: attention only between positions with equal ids (document
   // masking). Undefined = plain causal attention over the row.
   at::Tensor segment_ids;
+  // Per-row adapters; null = none.
+  const LoraSet* lora = nullptr;
 };
 
 // Constants the reference's numerics imply.

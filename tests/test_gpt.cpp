@@ -147,3 +147,84 @@ TEST(Gpt, WeightsAreCheckedAgainstTheConfig) {
 
 }  // namespace
 }  // namespace pgolf::test
+
+namespace pgolf::test {
+namespace {
+
+// Per-row adapters equal merging B_b A_b into that row's weights.
+TEST(GptLora, EqualsMergedWeightsPerRow) {
+  ModelConfig c = tiny_config();
+  c.tie_embeddings = false;
+  GptWeights w = random_weights(c, 31);
+  const int B = 3, T = 8, r = 2;
+  at::Tensor in = at::randint(c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
+  LoraSet lora;
+  const int64_t d = c.model_dim, kv = c.num_kv_heads * c.head_dim();
+  auto adapter = [&](int64_t out, int64_t in_dim) {
+    return LoraAdapter{at::randn({B, r, in_dim}, at::kDouble) * 0.2, at::randn({B, out, r}, at::kDouble) * 0.2};
+  };
+  for (int L = 0; L < c.num_layers; ++L) {
+    lora.adapters[lora_key(L, "q")] = adapter(d, d);
+    lora.adapters[lora_key(L, "v")] = adapter(kv, d);
+    lora.adapters[lora_key(L, "o")] = adapter(d, d);
+  }
+  lora.adapters[lora_key(1, "k")] = adapter(kv, d);
+  lora.adapters["head"] = adapter(c.vocab_size, d);
+  ForwardOptions opt;
+  opt.precision = Precision::F64;
+  opt.lora = &lora;
+  at::Tensor mask = at::rand({B, T}) > 0.3;
+  opt.score_mask = mask;
+  at::Tensor got = forward_nll(w, in, tg, opt);
+  for (int b = 0; b < B; ++b) {
+    GptWeights m = w;
+    auto merge = [&](const std::string& key, const std::string& weight) {
+      const LoraAdapter& a = lora.adapters.at(key);
+      m.tensors[weight] = w.get(weight) + at::matmul(a.B[b], a.A[b]);
+    };
+    for (int L = 0; L < c.num_layers; ++L) {
+      const std::string p = "blocks." + std::to_string(L) + ".attn.";
+      merge(lora_key(L, "q"), p + "c_q.weight");
+      merge(lora_key(L, "v"), p + "c_v.weight");
+      merge(lora_key(L, "o"), p + "proj.weight");
+    }
+    merge(lora_key(1, "k"), "blocks.1.attn.c_k.weight");
+    merge("head", "lm_head.weight");
+    ForwardOptions plain;
+    plain.precision = Precision::F64;
+    plain.score_mask = mask.narrow(0, b, 1);
+    at::Tensor want = forward_nll(m, in.narrow(0, b, 1), tg.narrow(0, b, 1), plain);
+    EXPECT_LT((got[b] - want[0]).abs().max().item<double>(), 1e-11) << "row " << b;
+  }
+}
+
+TEST(GptLora, ZeroBIsANoOpAndGradientsReachTheAdapters) {
+  ModelConfig c = tiny_frontier_config();  // loops: steps are not layers
+  GptWeights w = random_weights(c, 5);
+  const int B = 2, T = 6, r = 3;
+  const int steps = int(c.layer_sequence().size());
+  at::Tensor in = at::randint(c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
+  LoraSet lora;
+  for (int s = 0; s < steps; ++s)
+    lora.adapters[lora_key(s, "q")] = {at::randn({B, r, c.model_dim}, at::kDouble).requires_grad_(),
+                                       at::zeros({B, c.model_dim, r}, at::kDouble).requires_grad_()};
+  lora.adapters["head"] = {at::randn({B, r, c.embed_dim()}, at::kDouble).requires_grad_(),
+                           at::zeros({B, c.vocab_size, r}, at::kDouble).requires_grad_()};
+  ForwardOptions opt;
+  opt.precision = Precision::F64;
+  at::Tensor base = forward_nll(w, in, tg, opt);
+  opt.lora = &lora;
+  at::Tensor with = forward_nll(w, in, tg, opt);
+  EXPECT_TRUE(at::equal(base, with.detach()));
+  with.sum().backward();
+  EXPECT_GT(lora.adapters.at(lora_key(steps - 1, "q")).B.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_GT(lora.adapters.at("head").B.grad().abs().sum().item<double>(), 0.0);
+  // Row 0's loss does not reach row 1's adapter.
+  for (auto& [k, a] : lora.adapters) { a.A.mutable_grad().reset(); a.B.mutable_grad().reset(); }
+  forward_nll(w, in, tg, opt)[0].sum().backward();
+  EXPECT_EQ(lora.adapters.at("head").B.grad()[1].abs().sum().item<double>(), 0.0);
+  EXPECT_GT(lora.adapters.at("head").B.grad()[0].abs().sum().item<double>(), 0.0);
+}
+
+}  // namespace
+}  // namespace pgolf::test
