@@ -133,6 +133,9 @@ void register_train_command(CLI::App& app) {
   cmd->add_option("--scalar-lr", a->opt.scalar_lr, "Adam learning rate of control tensors")->capture_default_str();
   cmd->add_option("--tied-embed-lr", a->opt.tied_embed_lr, "Adam learning rate of the tied embedding")->capture_default_str();
   cmd->add_option("--grad-clip-norm", a->opt.grad_clip_norm, "clip the global gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--enable-looping-at", a->opt.enable_looping_at,
+                  "depth recurrence from this fraction of the run on (the frontier's enable_looping_at)")
+      ->capture_default_str();
   cmd->add_option("--seed", a->opt.seed, "initialisation and data seed")->capture_default_str();
   cmd->add_option("--val-every", a->val_every, "validate every N steps (0 = only at the end)");
   cmd->add_option("--log-every", a->log_every, "print the training loss every N steps")->capture_default_str();

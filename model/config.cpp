@@ -153,11 +153,11 @@ int ModelConfig::mlp_hidden() const {
   return static_cast<int>(mlp_mult * static_cast<double>(model_dim));
 }
 
-std::vector<int> ModelConfig::layer_sequence() const {
+std::vector<int> ModelConfig::layer_sequence(bool looping) const {
   std::vector<int> seq;
   for (int i = 0; i < num_layers; ++i) {
     seq.push_back(i);
-    if (num_loops > 0 && i == loop_end)
+    if (looping && num_loops > 0 && i == loop_end)
       for (int r = 0; r < num_loops; ++r)
         for (int j = loop_start; j <= loop_end; ++j) seq.push_back(j);
   }

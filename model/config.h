@@ -51,10 +51,13 @@ struct ModelConfig {
   int rotary_dims() const { return rope_dims > 0 ? rope_dims : head_dim(); }
   int eval_length() const { return eval_seq_len > 0 ? eval_seq_len : train_seq_len; }
   // The layer sequence the forward runs (depth recurrence unrolled), split
-  // into encoder and decoder halves as the reference does.
-  std::vector<int> layer_sequence() const;
+  // into encoder and decoder halves as the reference does. With looping off
+  // (the start of a frontier training run, before enable_looping_at) it is
+  // the plain 0..n-1.
+  std::vector<int> layer_sequence(bool looping = true) const;
   int num_encoder_steps() const { return static_cast<int>(layer_sequence().size()) / 2; }
-  // Skip connections: min(encoder steps, decoder steps).
+  // Skip connections: min(encoder steps, decoder steps) of the looped
+  // sequence (the parameter count does not change when looping turns on).
   int num_skips() const;
 
   // Throws pgolf::Error ("config: ...") on the first inconsistency.

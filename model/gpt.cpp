@@ -304,7 +304,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   if (cfg.embed_dim() != d) x = c.linear(x, "embed_proj.weight");
   const at::Tensor x0 = x;
 
-  const std::vector<int> seq = cfg.layer_sequence();
+  const std::vector<int> seq = cfg.layer_sequence(opt.looping);
   const size_t enc = seq.size() / 2;
   const int S = cfg.num_skips();
   std::vector<at::Tensor> skips;

@@ -73,6 +73,8 @@ struct ForwardOptions {
   at::Tensor segment_ids;
   // Per-row adapters; null = none.
   const LoraSet* lora = nullptr;
+  // Depth recurrence on (evaluation, and training once past enable_looping_at).
+  bool looping = true;
 };
 
 // Constants the reference's numerics imply.

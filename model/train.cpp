@@ -115,6 +115,8 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     at::Tensor x = buf.narrow(0, 0, o.batch_tokens).view({-1, L}).to(device);
     at::Tensor y = buf.narrow(0, 1, o.batch_tokens).view({-1, L}).to(device);
 
+    const double progress = o.max_seconds > 0 ? elapsed / o.max_seconds : double(step - 1) / double(o.iterations);
+    fo.looping = progress >= o.enable_looping_at;
     at::Tensor loss = forward_nll(w, x, y, fo).mean();
     loss.backward();
     {

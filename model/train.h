@@ -27,6 +27,7 @@ struct TrainOptions {
   int muon_backend_steps = 5;
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   double grad_clip_norm = 0;        // 0 = off
+  double enable_looping_at = 0;     // depth recurrence from this fraction of the run on (of iterations, or of max_seconds)
   Precision precision = Precision::F32;
   uint64_t seed = 1337;
 };

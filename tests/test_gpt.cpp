@@ -152,6 +152,25 @@ namespace pgolf::test {
 namespace {
 
 // Per-row adapters equal merging B_b A_b into that row's weights.
+TEST(Gpt, LoopingOffRunsThePlainLayerOrder) {
+  ModelConfig c = tiny_frontier_config();
+  GptWeights w = random_weights(c, 12);
+  ModelConfig plain = c;
+  plain.num_loops = 0;  // same parameters: num_skips() counts the looped sequence
+  at::Tensor in = at::randint(c.vocab_size, {2, 7}, at::kLong), tg = at::randint(c.vocab_size, {2, 7}, at::kLong);
+  ForwardOptions off;
+  off.precision = Precision::F64;
+  off.looping = false;
+  at::Tensor a = forward_nll(w, in, tg, off);
+  std::vector<int64_t> ids(7), tgt(7), seg(7, 0);
+  for (int t = 0; t < 7; ++t) { ids[t] = in[0][t].item<int64_t>(); tgt[t] = tg[0][t].item<int64_t>(); }
+  Vec want = Ref{w, plain, GptNumerics::norm_eps()}.nll(ids, tgt, seg);
+  for (int t = 0; t < 7; ++t) EXPECT_NEAR(a[0][t].item<double>(), want[t], 1e-11);
+  ForwardOptions on;
+  on.precision = Precision::F64;
+  EXPECT_FALSE(at::allclose(a, forward_nll(w, in, tg, on)));
+}
+
 TEST(GptLora, EqualsMergedWeightsPerRow) {
   ModelConfig c = tiny_config();
   c.tie_embeddings = false;
