@@ -92,7 +92,9 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
         const uint64_t t = win.start + j;  // target index: predicts tok[t + 1] after tok[t]
         const double v = pn[k][j];
         const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
-        const size_t d = docs.doc_at(t + 1);
+        // A target belongs to the document its context ends in: the BOS that
+        // starts the next document is the last target of the previous one.
+        const size_t d = docs.doc_at(t);
         DocumentTotals& dt = r.docs[d == SIZE_MAX ? docs.size() : d];
         dt.nll += v;
         dt.bytes += nbytes;

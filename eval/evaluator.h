@@ -40,7 +40,9 @@ struct EvalResult {
   uint64_t bytes = 0;       // bytes of the scored targets (repeats included)
   uint64_t windows = 0;     // windows this rank ran
   uint64_t tokens_in = 0;   // input tokens fed to the model
-  std::vector<DocumentTotals> docs;  // by document index; targets before the first BOS go to the last entry
+  // By document index (a target belongs to the document of the token before
+  // it); targets whose context starts before the first BOS go to the last entry.
+  std::vector<DocumentTotals> docs;
 
   double loss() const { return targets ? nll_sum / double(targets) : 0.0; }
   double bpb() const;
