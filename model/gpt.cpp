@@ -25,6 +25,8 @@ struct Ctx {
   double eps;
   at::Tensor segment_ids;  // [B, T] or undefined
   const LoraSet* lora = nullptr;
+  at::Tensor cu_seqlens;  // int32 [n + 1]: packed sequence starts (rows, and documents within rows)
+  int64_t max_seqlen = 0;
 
   at::Tensor mm_weight(const std::string& n) const { return w.get(n).to(act); }
   at::Tensor pw(const std::string& n) const { return w.get(n).to(math); }  // pointwise parameter, unrounded
@@ -106,11 +108,21 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd}).transpose(1, 2);
   q = c.store(apply_rope(c.rms(q), cos, sin) * c.pw(pre + "q_gain").view({1, H, 1, 1}));
   k = c.store(apply_rope(c.rms(k), cos, sin));
-  const bool plain_causal = !c.segment_ids.defined() && (cfg.attn_windows.empty() || cfg.attn_windows[layer] == 0);
+  const int window = cfg.attn_windows.empty() ? 0 : cfg.attn_windows[layer];
+  const bool plain_causal = !c.segment_ids.defined() && window == 0;
+  const bool flash = c.act == at::kBFloat16 && q.is_cuda();
   at::Tensor y;  // [B, H, T, hd], math type
-  if (compat::has_fused_causal_attention && plain_causal && c.act == at::kBFloat16 && q.is_cuda()) {
+  if (flash && plain_causal && compat::has_fused_causal_attention) {
     at::Tensor kk = KV == H ? k : k.repeat_interleave(H / KV, 1), vv = KV == H ? v : v.repeat_interleave(H / KV, 1);
     y = c.up(compat::fused_causal_attention(q, kk, vv));
+  } else if (flash && compat::has_varlen_flash_attention) {
+    // Documents (and rows) as packed sequences; the window as flash's left window.
+    at::Tensor qp = q.transpose(1, 2).reshape({B * T, H, hd}).contiguous();
+    at::Tensor kp = k.transpose(1, 2).reshape({B * T, KV, hd}).contiguous();
+    at::Tensor vp = v.transpose(1, 2).reshape({B * T, KV, hd}).contiguous();
+    y = c.up(compat::varlen_flash_attention(qp, kp, vp, c.cu_seqlens, c.max_seqlen, window > 0 ? window - 1 : -1))
+            .view({B, T, H, hd})
+            .transpose(1, 2);
   } else {
     y = attention(c, q, k, v, attention_mask(c, layer, T, n.device()));
   }
@@ -298,6 +310,17 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
   Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora};
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
+  if (inputs.is_cuda() && act == at::kBFloat16) {
+    // Sequence starts for varlen attention: each row, and each segment change within a row.
+    at::Tensor starts = at::zeros({B, T}, inputs.options().dtype(at::kBool));
+    starts.select(1, 0).fill_(true);
+    if (opt.segment_ids.defined())
+      starts.narrow(1, 1, T - 1).copy_(opt.segment_ids.narrow(1, 1, T - 1) != opt.segment_ids.narrow(1, 0, T - 1));
+    at::Tensor pos = starts.reshape({-1}).nonzero().squeeze(1);
+    at::Tensor cu = at::cat({pos, at::full({1}, B * T, pos.options())}).to(at::kInt);
+    c.cu_seqlens = cu;
+    c.max_seqlen = (cu.narrow(0, 1, cu.size(0) - 1) - cu.narrow(0, 0, cu.size(0) - 1)).max().item<int64_t>();
+  }
   auto [cos, sin] = rope_tables(cfg, T, math, inputs.device());
 
   at::Tensor x = c.store(c.rms(at::embedding(w.get("tok_emb.weight"), inputs)));

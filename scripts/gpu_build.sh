@@ -47,6 +47,7 @@ t4=$EPOCHREALTIME
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --json --quiet >"${OUT:-/tmp}/eval_std.json"
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --json --quiet >"${OUT:-/tmp}/eval_sw.json"
+"$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --doc-mask --json --quiet >"${OUT:-/tmp}/eval_swd.json"
 # Training speed, same shape: 30 steps of 64 x 1024 tokens.
 "$B/pgolf" train --train "$C/shared/data/corpus/fineweb_train_000000.bin" --val "$VAL" --tokenizer "$TOK" \
   --out /tmp/trained.h5 --set vocab_size=8192 --iterations 30 --batch-tokens 65536 --log-every 10 --json \
@@ -64,4 +65,5 @@ echo "| rebuild after touching one data/ file | $(d "$t3" "$t4") |"
 echo "env: $(cat "${OUT:-/tmp}/env.json")"
 echo "eval standard: $(cat "${OUT:-/tmp}/eval_std.json")"
 echo "eval sliding S=64: $(cat "${OUT:-/tmp}/eval_sw.json")"
+echo "eval sliding S=64 doc-mask: $(cat "${OUT:-/tmp}/eval_swd.json")"
 echo "train 30 steps: $(cat "${OUT:-/tmp}/train.json")"

@@ -2,6 +2,8 @@
 // scripts/gpu_build.sh, not by CI). The same model on CUDA and on the CPU.
 #include <gtest/gtest.h>
 
+#include <ATen/TensorIndexing.h>
+
 #include "model/gpt.h"
 #include "model/pch.h"
 #include "model/runtime.h"
@@ -52,6 +54,29 @@ TEST_F(Cuda, Bf16FusedAttentionPathStaysCloseToFloat64) {
   // Batch composition does not change a row's result beyond bf16 noise.
   at::Tensor one = forward_nll(on_cuda(w, at::kFloat), in.narrow(0, 2, 1).cuda(), tg.narrow(0, 2, 1).cuda(), bf).cpu();
   EXPECT_LT((one[0].to(at::kDouble) - got[2]).abs().max().item<double>(), 1e-2);
+}
+
+TEST_F(Cuda, VarlenFlashWithDocumentsAndWindowsMatchesFloat64) {
+  ModelConfig c = tiny_config();
+  c.vocab_size = 512;
+  c.model_dim = 128;
+  c.num_heads = 2;
+  c.num_kv_heads = 1;
+  c.num_layers = 3;
+  c.attn_windows = {0, 5, 0};
+  GptWeights w = random_weights(c, 6);
+  const int B = 3, T = 40;
+  at::Tensor in = at::randint(4, c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
+  in.index_put_({at::indexing::Slice(), 17}, 1);  // a BOS in every row
+  ForwardOptions f64, bf;
+  f64.precision = Precision::F64;
+  bf.precision = Precision::BF16;
+  f64.segment_ids = (in == 1).to(at::kLong).cumsum(1);
+  bf.segment_ids = f64.segment_ids.cuda();
+  at::Tensor ref = forward_nll(w, in, tg, f64);
+  at::Tensor got = forward_nll(on_cuda(w, at::kFloat), in.cuda(), tg.cuda(), bf).cpu().to(at::kDouble);
+  const double rel = ((got - ref).abs().mean() / ref.abs().mean()).item<double>();
+  EXPECT_LT(rel, 2e-2) << "bf16 relative error";
 }
 
 }  // namespace
