@@ -21,6 +21,7 @@
 #include "data/atomic_file.h"
 #include "data/error.h"
 #include "model/checkpoint.h"
+#include "tests/test_util.h"
 
 namespace pgolf {
 namespace {
@@ -37,16 +38,7 @@ struct Scratch {
     if (std::system(("rm -rf '" + dir + "'").c_str()) != 0) std::fprintf(stderr, "cannot remove %s\n", dir.c_str());
   }
   std::string operator/(const std::string& name) const { return dir + "/" + name; }
-  std::vector<std::string> list() const {
-    std::vector<std::string> out;
-    if (DIR* d = ::opendir(dir.c_str())) {
-      while (dirent* e = ::readdir(d))
-        if (std::strcmp(e->d_name, ".") && std::strcmp(e->d_name, "..")) out.push_back(e->d_name);
-      ::closedir(d);
-    }
-    std::sort(out.begin(), out.end());
-    return out;
-  }
+  std::vector<std::string> list() const { return test::list_dir(dir); }
 };
 
 std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {

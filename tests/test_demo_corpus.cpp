@@ -18,6 +18,7 @@
 
 #include "data/atomic_file.h"
 #include "data/demo_corpus.h"
+#include "tests/test_util.h"
 #include "data/text.h"
 #include "data/error.h"
 #include "data/sha256.h"
@@ -75,20 +76,6 @@ std::string pax_record(const std::string& key, const std::string& value) {
   size_t len = rec.size() + 1;
   while (std::to_string(len).size() + rec.size() != len) ++len;
   return std::to_string(len) + rec;
-}
-
-std::string gzip(const std::string& data) {
-  z_stream zs{};
-  EXPECT_EQ(deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  std::string out(deflateBound(&zs, data.size()) + 64, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  zs.avail_in = static_cast<uInt>(data.size());
-  zs.next_out = reinterpret_cast<Bytef*>(&out[0]);
-  zs.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
 }
 
 // Expects `fn` to throw pgolf::Error whose one-line message starts with "what: ".
@@ -180,10 +167,10 @@ TEST(DemoTar, RejectsCorruptOrTruncatedArchives) {
 TEST(DemoGzip, RoundTripsAndRejectsDamage) {
   std::string data;
   for (int i = 0; i < 20000; ++i) data += "line " + std::to_string(i) + "\n";
-  const std::string gz = gzip(data);
+  const std::string gz = pgolf::test::deflate_bytes(data, 31, 6);
   EXPECT_EQ(pgolf::gunzip(gz, "a.tgz"), data);
   // Concatenated members decode as one stream.
-  EXPECT_EQ(pgolf::gunzip(gz + gzip("tail"), "a.tgz"), data + "tail");
+  EXPECT_EQ(pgolf::gunzip(gz + pgolf::test::deflate_bytes("tail", 31, 6), "a.tgz"), data + "tail");
 
   expect_error([&] { pgolf::gunzip(gz.substr(0, gz.size() / 2), "half.tgz"); }, "half.tgz");
   expect_error([&] { pgolf::gunzip(gz.substr(0, gz.size() - 4), "crc.tgz"); }, "crc.tgz");
@@ -196,7 +183,7 @@ TEST(DemoGzip, RoundTripsAndRejectsDamage) {
 }
 
 TEST(DemoGzip, TarballPathEndToEnd) {
-  const std::string tgz = gzip(tar_member("package/ca01", "\n\n\tHi/uh ./.\n") + tar_end());
+  const std::string tgz = pgolf::test::deflate_bytes(tar_member("package/ca01", "\n\n\tHi/uh ./.\n") + tar_end(), 31, 6);
   auto files = pgolf::read_tar(pgolf::gunzip(tgz, "x.tgz"), "x.tgz");
   auto docs = pgolf::brown_documents(files);
   ASSERT_EQ(docs.size(), 1u);

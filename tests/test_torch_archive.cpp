@@ -23,6 +23,7 @@
 #include "data/error.h"
 #include "quant/codec.h"
 #include "quant/torch_archive.h"
+#include "tests/test_util.h"
 
 namespace pgolf::quant {
 namespace {
@@ -92,29 +93,6 @@ struct ZipFileSpec {
   uint16_t flags = 0;
 };
 
-std::string deflate_raw(const std::string& in) {
-  z_stream zs{};
-  EXPECT_EQ(deflateInit2(&zs, 9, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  std::string out(deflateBound(&zs, in.size()) + 16, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  zs.avail_in = static_cast<uInt>(in.size());
-  zs.next_out = reinterpret_cast<Bytef*>(&out[0]);
-  zs.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
-
-std::string zlib_compress9(const std::string& in) {
-  uLongf n = compressBound(in.size());
-  std::string out(n, '\0');
-  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(&out[0]), &n, reinterpret_cast<const Bytef*>(in.data()), in.size(), 9),
-            Z_OK);
-  out.resize(n);
-  return out;
-}
-
 struct LE {
   std::string s;
   LE& u16(uint32_t v) { s += char(v & 0xFF); s += char((v >> 8) & 0xFF); return *this; }
@@ -127,7 +105,7 @@ std::string make_zip(const std::vector<ZipFileSpec>& files, bool zip64_end = fal
   LE out, cd;
   for (const ZipFileSpec& f : files) {
     uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(f.data.data()), f.data.size())) ^ f.crc_xor;
-    std::string body = f.deflate ? deflate_raw(f.data) : f.data;
+    std::string body = f.deflate ? pgolf::test::deflate_bytes(f.data, -15) : f.data;
     uint16_t method = f.method_override != 0xFFFF ? f.method_override : (f.deflate ? 8 : 0);
     uint64_t offset = out.s.size();
     std::string extra;
@@ -400,7 +378,7 @@ TEST(TorchArchive, Int8PtzShape) {
   std::string raw = as_string(torch::jit::pickle_save(q));
 
   TempFile f("final_model.int8.ptz");
-  f.write(zlib_compress9(raw));
+  f.write(pgolf::test::deflate_bytes(raw, 15));
   TorchArchive a = open_int8_ptz(f.path);
   const PickleValue& r = a.root();
   EXPECT_EQ(at_key(r, "__quant_format__").s, "int8_clean_per_row_v1");
@@ -413,7 +391,7 @@ TEST(TorchArchive, Int8PtzShape) {
   expect_same_tensor(to_tensor(a, at_key(at_key(r, "passthrough"), "blocks.0.resid_mix").tensor), mix, "mix");
 
   // Corrupt or truncated wrappers, and the output cap.
-  std::string z = zlib_compress9(raw);
+  std::string z = pgolf::test::deflate_bytes(raw, 15);
   f.write(z.substr(0, z.size() / 2));
   expect_error([&] { open_int8_ptz(f.path); }, "truncated");
   std::string bad = z;

@@ -1,6 +1,7 @@
 // Helpers shared by the tests: a scratch directory and the shared/ data paths.
 #pragma once
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +28,22 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "";
+}
+
+// zlib's deflate of `in`: window_bits 15 gives a zlib stream, 16 + 15 a gzip
+// member, -15 raw deflate.
+inline std::string deflate_bytes(const std::string& in, int window_bits, int level = 9) {
+  z_stream zs{};
+  EXPECT_EQ(deflateInit2(&zs, level, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(deflateBound(&zs, in.size()) + 64, '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = reinterpret_cast<Bytef*>(&out[0]);
+  zs.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return out;
 }
 
 inline bool exists(const std::string& p) {
