@@ -31,6 +31,18 @@ TEST(ModelConfig, PresetsAreValidAndShapedLikeTheReference) {
             (std::vector<int>{5, 3, 4, 5, 6, 7, 8, 9, 10}));
 }
 
+// The config files shipped in configs/ are the presets (plus a sliding-window variant).
+TEST(ModelConfig, ShippedConfigFilesAreThePresets) {
+  const std::string dir = std::string(PGOLF_SOURCE_DIR) + "/configs/";
+  EXPECT_EQ(ModelConfig::from_json(read_file(dir + "baseline.json"), "baseline.json").to_json(),
+            ModelConfig::baseline().to_json());
+  EXPECT_EQ(ModelConfig::from_json(read_file(dir + "frontier.json"), "frontier.json").to_json(),
+            ModelConfig::frontier().to_json());
+  ModelConfig swa = ModelConfig::from_json(read_file(dir + "frontier_swa512.json"), "frontier_swa512.json");
+  swa.validate();
+  EXPECT_EQ(swa.attn_windows, (std::vector<int>{0, 0, 512, 0, 512, 0, 512, 0, 512, 0, 512}));
+}
+
 TEST(ModelConfig, MlpHiddenTruncatesLikeTheReference) {
   ModelConfig c;
   c.model_dim = 500;
