@@ -310,8 +310,10 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
   Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora};
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
-  if (inputs.is_cuda() && act == at::kBFloat16) {
-    // Sequence starts for varlen attention: each row, and each segment change within a row.
+  bool windows = false;
+  for (int wdw : cfg.attn_windows) windows |= wdw > 0;
+  if (inputs.is_cuda() && act == at::kBFloat16 && (opt.segment_ids.defined() || windows)) {
+    // Sequence starts for varlen attention (only needed when attention is not plain causal): each row, and each segment change within a row.
     at::Tensor starts = at::zeros({B, T}, inputs.options().dtype(at::kBool));
     starts.select(1, 0).fill_(true);
     if (opt.segment_ids.defined())
