@@ -27,12 +27,17 @@ struct Ctx {
   const LoraSet* lora = nullptr;
   at::Tensor cu_seqlens;  // int32 [n + 1]: packed sequence starts (rows, and documents within rows)
   int64_t max_seqlen = 0;
+  const std::function<void(const std::string&, const at::Tensor&)>* tap = nullptr;
 
   at::Tensor mm_weight(const std::string& n) const { return w.get(n).to(act); }
   at::Tensor pw(const std::string& n) const { return w.get(n).to(math); }  // pointwise parameter, unrounded
   at::Tensor up(const at::Tensor& x) const { return x.to(math); }
   at::Tensor store(const at::Tensor& x) const { return x.to(act); }
-  at::Tensor linear(const at::Tensor& x, const std::string& n) const { return at::linear(store(x), mm_weight(n)); }
+  at::Tensor linear(const at::Tensor& x, const std::string& n) const {
+    at::Tensor xs = store(x);
+    if (tap && *tap) (*tap)(n, xs);
+    return at::linear(xs, mm_weight(n));
+  }
   // F.rms_norm over the last dim (no weight), result in the math type.
   at::Tensor rms(const at::Tensor& x) const {
     at::Tensor xf = up(x);
@@ -309,6 +314,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
                              : opt.precision == Precision::BF16 ? at::kBFloat16 : at::kFloat;
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
   Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora};
+  c.tap = &opt.linear_input_tap;
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
   bool windows = false;
   for (int wdw : cfg.attn_windows) windows |= wdw > 0;
@@ -377,7 +383,9 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
     h = h.index_select(0, rows);
     tgt = tgt.index_select(0, rows);
   }
-  const at::Tensor head = c.mm_weight(cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight");
+  const std::string head_name = cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight";
+  if (*c.tap) (*c.tap)(head_name, h);
+  const at::Tensor head = c.mm_weight(head_name);
   auto nll_of = [&](const at::Tensor& logits_proj, const at::Tensor& t) {  // [n, V] act, [n] -> [n] math
     at::Tensor logits = c.up(logits_proj);
     logits = cfg.logit_softcap * at::tanh(logits / cfg.logit_softcap);

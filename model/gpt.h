@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -75,6 +76,11 @@ struct ForwardOptions {
   const LoraSet* lora = nullptr;
   // Depth recurrence on (evaluation, and training once past enable_looping_at).
   bool looping = true;
+  // Called with the input of every weight matrix product before it runs
+  // (act type, [..., in]) and the weight's name -- including the LM head
+  // ("tok_emb.weight" when tied), whose input is the final normed hidden state
+  // at every position. GPTQ collects its Hessians with it. Null = none.
+  std::function<void(const std::string& weight, const at::Tensor& input)> linear_input_tap;
 };
 
 // Constants the reference's numerics imply.
