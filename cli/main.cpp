@@ -19,9 +19,12 @@ int main(int argc, char** argv) {
   pgolf::register_data_commands(app);
   pgolf::register_env_command(app);
   pgolf::register_eval_command(app);
+  pgolf::register_report_command(app);
   pgolf::register_model_commands(app);
   pgolf::register_inspect_command(app);
+  pgolf::register_quantize_command(app);
   pgolf::register_train_command(app);
+  pgolf::register_ttt_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

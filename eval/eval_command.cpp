@@ -7,11 +7,15 @@
 #include <cstdio>
 
 #include "cli/command.h"
+#include "data/atomic_file.h"
 #include "data/byte_counter.h"
+#include "data/document_index.h"
 #include "data/error.h"
 #include "data/token_stream.h"
 #include "data/tokenizer.h"
+#include "eval/eval_dump.h"
 #include "eval/evaluator.h"
+#include "eval/scoring_setup.h"
 #include "quant/model_files.h"
 #include "model/pch.h"
 #include "model/runtime.h"
@@ -27,12 +31,25 @@ struct EvalArgs {
   uint32_t seq_len = 0, stride = 0;
   bool doc_mask = false, json = false, quiet = false;
   uint64_t batch_tokens = 0;
+  std::string dump;  // --dump FILE.h5
+  std::string profile;  // --profile FILE.json
 };
 
-std::string with_commas(uint64_t v) {
-  std::string s = std::to_string(v);
-  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
-  return s;
+// --dump: per-target scores and per-document totals (docs/DUMP_FORMAT.md).
+void write_dump(const EvalArgs& a, const EvalOptions& o, EvalResult& r, const TokenStream& stream,
+                const std::string& precision) {
+  EvalDump d = eval_dump_from(r, DocumentIndex(stream, o.bos_id));
+  std::vector<ScoredTarget>().swap(r.scored);  // the dump holds them now: free the memory
+  d.model = a.model.path;
+  d.tokenizer = a.tokenizer;
+  d.val = a.val;
+  d.plan = plan_kind_name(o.plan);
+  d.precision = precision;
+  d.seq_len = o.seq_len;
+  d.stride = o.stride;
+  d.doc_mask = o.doc_mask;
+  write_eval_dump(a.dump, d);
+  std::fprintf(stderr, "%-10s %s (%s scored targets)\n", "dump", a.dump.c_str(), with_commas(d.token_nll.size()).c_str());
 }
 
 void run_eval(const EvalArgs& a) {
@@ -42,27 +59,18 @@ void run_eval(const EvalArgs& a) {
   GptWeights w = load_model_file(a.model, &notes);
   if (!notes.empty() && !a.quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
   Tokenizer tok(a.tokenizer);
-  if (tok.vocab_size() != w.config.vocab_size)
-    fail(a.tokenizer, "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model's vocab_size is " +
-                          std::to_string(w.config.vocab_size) + ": not the model's tokenizer");
+  check_model_tokenizer(tok, a.tokenizer, w);
   TokenStream stream(a.val);
   stream.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
   ByteCounter bc(tok, w.config.vocab_size);
 
   const RuntimeInfo rt = runtime_info();
-  const bool cuda = a.device == "cuda" || (a.device == "auto" && rt.cuda);
-  if (a.device == "cuda" && !rt.cuda) throw Error("--device cuda: no CUDA device is available");
-  if (a.device != "auto" && a.device != "cpu" && a.device != "cuda") throw Error("--device must be auto, cpu or cuda");
+  const ScoringDevice dev = choose_scoring_device(a.device, a.precision);
+  const bool cuda = dev.cuda;
+  const std::string prec = dev.precision_name;
   EvalOptions o;
-  const std::string prec = a.precision.empty() ? (cuda ? "bf16" : "f32") : a.precision;
-  if (prec == "bf16") o.precision = Precision::BF16;
-  else if (prec == "f32") o.precision = Precision::F32;
-  else if (prec == "f64") o.precision = Precision::F64;
-  else throw Error("--precision must be bf16, f32 or f64");
-  if (cuda)
-    for (auto& [n, t] : w.tensors) t = t.to(at::kCUDA);
-  if (o.precision == Precision::F64)
-    for (auto& [n, t] : w.tensors) t = t.to(at::kDouble);
+  o.precision = dev.precision;
+  place_weights(w, dev);
 
   o.seq_len = a.seq_len ? a.seq_len : uint32_t(w.config.eval_length());
   if (a.stride) {
@@ -86,8 +94,12 @@ void run_eval(const EvalArgs& a) {
     std::fprintf(stderr, "eval: %5.1f%%  %s targets/s  ETA %.0f s\n", 100.0 * double(done) / double(total),
                  with_commas(uint64_t(rate)).c_str(), double(total - done) / std::max(rate, 1.0));
   };
+  o.capture_targets = !a.dump.empty();
+  if (o.capture_targets) AtomicFile probe(a.dump);  // an unwritable --dump fails now, not after the evaluation
   const auto e0 = clock::now();
+  if (!a.profile.empty()) start_profile();
   EvalResult r = evaluate(w, stream, bc, o);
+  if (!a.profile.empty()) stop_profile(a.profile);
   const double eval_s = std::chrono::duration<double>(clock::now() - e0).count();
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
 
@@ -102,6 +114,7 @@ void run_eval(const EvalArgs& a) {
                with_commas(r.bytes).c_str(), "windows", with_commas(r.windows).c_str());
   std::fprintf(stderr, "%-10s %s scored targets/s (%.2f s eval, %.2f s wall)\n", "speed",
                with_commas(uint64_t(double(r.targets) / std::max(eval_s, 1e-9))).c_str(), eval_s, wall);
+  if (!a.dump.empty()) write_dump(a, o, r, stream, prec);
   if (a.json) {
     nlohmann::json j = {{"bpb", r.bpb()},       {"bpb_stderr", r.bpb_stderr()}, {"loss", r.loss()},
                         {"targets", r.targets}, {"bytes", r.bytes},             {"windows", r.windows},
@@ -139,6 +152,8 @@ void register_eval_command(CLI::App& app) {
   cmd->add_option("--precision", a->precision, "bf16 (CUDA default, the reference's numerics), f32 (CPU default), f64");
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
+  cmd->add_option("--profile", a->profile, "write a Kineto (Chrome-trace JSON) profile of the evaluation (CUDA builds)");
+  cmd->add_option("--dump", a->dump, "write per-target NLL and bytes and per-document totals to this HDF5 file");
   cmd->callback([a]() { run_eval(*a); });
 }
 

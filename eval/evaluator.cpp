@@ -1,3 +1,5 @@
+#include <c10/core/GradMode.h>
+
 #include "eval/evaluator.h"
 
 #include <cmath>
@@ -40,6 +42,7 @@ void EvalResult::add(const EvalResult& o) {
     docs[i].bytes += o.docs[i].bytes;
     docs[i].targets += o.docs[i].targets;
   }
+  scored.insert(scored.end(), o.scored.begin(), o.scored.end());
 }
 
 WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
@@ -49,6 +52,7 @@ WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
 }
 
 EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bc, const EvalOptions& o) {
+  c10::NoGradGuard no_grad;  // scoring only (and the fused CUDA kernels have no backward)
   const std::vector<uint16_t> tok = stream.slice(0, stream.size());
   const WindowPlan plan = make_eval_plan(tok.size(), o);
   const auto [first, last] = rank_slice(plan, o.rank, o.world);
@@ -61,6 +65,7 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   r.docs.resize(docs.size() + 1);  // + targets before the first BOS
   uint64_t to_score = 0;
   for (size_t i = first; i < last; ++i) to_score += plan.windows[i].scored();
+  if (o.capture_targets) r.scored.reserve(to_score);
 
   const int64_t L = o.seq_len;
   const size_t per_batch = std::max<size_t>(1, size_t(o.batch_tokens / uint64_t(L)));
@@ -94,8 +99,9 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
         const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
         // A target belongs to the document its context ends in: the BOS that
         // starts the next document is the last target of the previous one.
-        const size_t d = docs.doc_at(t);
-        DocumentTotals& dt = r.docs[d == SIZE_MAX ? docs.size() : d];
+        const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
+        DocumentTotals& dt = r.docs[di];
+        if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
         dt.nll += v;
         dt.bytes += nbytes;
         dt.targets += 1;

@@ -25,6 +25,7 @@ struct EvalOptions {
   Precision precision = Precision::F32;
   uint16_t bos_id = 1;
   int rank = 0, world = 1;
+  bool capture_targets = false;  // fill EvalResult::scored (eval --dump); off costs one branch per target
   // Called after each batch with (scored targets so far, total to score).
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -32,6 +33,14 @@ struct EvalOptions {
 struct DocumentTotals {
   double nll = 0;
   uint64_t bytes = 0, targets = 0;
+};
+
+// One scoring of one target, as captured with EvalOptions::capture_targets.
+struct ScoredTarget {
+  uint64_t target;  // target index t: the prediction of tok[t + 1] after tok[t]
+  double nll;       // nats
+  uint32_t bytes;
+  uint32_t doc;  // index into EvalResult::docs
 };
 
 struct EvalResult {
@@ -43,12 +52,13 @@ struct EvalResult {
   // By document index (a target belongs to the document of the token before
   // it); targets whose context starts before the first BOS go to the last entry.
   std::vector<DocumentTotals> docs;
+  std::vector<ScoredTarget> scored;  // every scoring in plan order (capture_targets only)
 
   double loss() const { return targets ? nll_sum / double(targets) : 0.0; }
   double bpb() const;
   // Standard error of bpb with documents as the sampling unit (ratio estimator).
   double bpb_stderr() const;
-  void add(const EvalResult& other);  // reduction across ranks (sums; per-document sums)
+  void add(const EvalResult& other);  // reduction across ranks (sums; per-document sums; scored appended)
 };
 
 WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& opt);

@@ -1,9 +1,12 @@
 #include "model/gpt.h"
 
+#include <c10/core/GradMode.h>
+
 #include <cfloat>
 #include <cmath>
 
 #include "data/error.h"
+#include "model/fused.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -58,16 +61,6 @@ struct Ctx {
   }
 };
 
-// Half-split rotation of the first 2 * cos.size(-1) dims of x [B, H, T, hd]
-// (math type); the rest passes through.
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = cos.size(-1), hd = x.size(-1);
-  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  std::vector<at::Tensor> parts = {x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos};
-  if (2 * half < hd) parts.push_back(x.narrow(-1, 2 * half, hd - 2 * half));
-  return at::cat(parts, -1);
-}
-
 // Which key positions each query may see: [T, T] or [B, 1, T, T] bool.
 at::Tensor attention_mask(const Ctx& c, int layer, int64_t T, const at::Device& dev) {
   at::Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev));
@@ -102,34 +95,39 @@ at::Tensor attention(const Ctx& c, const at::Tensor& q, const at::Tensor& k, con
 }
 
 // Attention sublayer of unrolled step `step` (physical layer `layer`) on the
-// normed input n [B, T, d] -> [B, T, d] (act type).
+// normed input n [B, T, d] (act type) -> [B, T, d] (act type).
+// q [B, T, H, hd], k/v [B, T, KV, hd], y [B, T, H, hd].
 at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, const at::Tensor& cos,
                         const at::Tensor& sin) {
   const ModelConfig& cfg = c.cfg;
   const int64_t B = n.size(0), T = n.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
   const std::string pre = block(layer) + "attn.";
-  at::Tensor q = c.with_lora(c.linear(n, pre + "c_q.weight"), n, lora_key(step, "q")).view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = c.with_lora(c.linear(n, pre + "c_k.weight"), n, lora_key(step, "k")).view({B, T, KV, hd}).transpose(1, 2);
-  at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd}).transpose(1, 2);
-  q = c.store(apply_rope(c.rms(q), cos, sin) * c.pw(pre + "q_gain").view({1, H, 1, 1}));
-  k = c.store(apply_rope(c.rms(k), cos, sin));
+  at::Tensor q = c.with_lora(c.linear(n, pre + "c_q.weight"), n, lora_key(step, "q"));
+  at::Tensor k = c.with_lora(c.linear(n, pre + "c_k.weight"), n, lora_key(step, "k"));
+  at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd});
+  q = fused::qk_norm_rope(q, H, cos, sin, c.pw(pre + "q_gain"), c.eps, c.math);
+  k = fused::qk_norm_rope(k, KV, cos, sin, at::Tensor(), c.eps, c.math);
   const int window = cfg.attn_windows.empty() ? 0 : cfg.attn_windows[layer];
-  const bool plain_causal = !c.segment_ids.defined() && window == 0;
-  const bool flash = c.act == at::kBFloat16 && q.is_cuda();
-  at::Tensor y;  // [B, H, T, hd], math type
-  if (flash && plain_causal && compat::has_fused_causal_attention) {
-    at::Tensor kk = KV == H ? k : k.repeat_interleave(H / KV, 1), vv = KV == H ? v : v.repeat_interleave(H / KV, 1);
-    y = c.up(compat::fused_causal_attention(q, kk, vv));
-  } else if (flash && compat::has_varlen_flash_attention) {
+  const int64_t window_left = window > 0 ? window - 1 : -1;
+  // Flash kernels take head dims that are multiples of 8 up to 256.
+  const bool flash = c.act == at::kBFloat16 && q.is_cuda() && compat::has_varlen_flash_attention && hd % 8 == 0 &&
+                     hd <= 256;
+  at::Tensor y;
+  if (flash && c.segment_ids.defined()) {
     // Documents (and rows) as packed sequences; the window as flash's left window.
-    at::Tensor qp = q.transpose(1, 2).reshape({B * T, H, hd}).contiguous();
-    at::Tensor kp = k.transpose(1, 2).reshape({B * T, KV, hd}).contiguous();
-    at::Tensor vp = v.transpose(1, 2).reshape({B * T, KV, hd}).contiguous();
-    y = c.up(compat::varlen_flash_attention(qp, kp, vp, c.cu_seqlens, c.max_seqlen, window > 0 ? window - 1 : -1))
-            .view({B, T, H, hd})
-            .transpose(1, 2);
+    y = compat::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
+                                       c.cu_seqlens, c.max_seqlen, window_left)
+            .view({B, T, H, hd});
+  } else if (flash && !(c10::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
+    y = compat::dense_flash_attention(q, k, v.contiguous(), window_left);
+  } else if (flash && window == 0 && compat::has_fused_causal_attention) {
+    // Training: SDPA, whose backward is known to work with every libtorch here.
+    at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);
+    if (KV != H) kh = kh.repeat_interleave(H / KV, 1), vh = vh.repeat_interleave(H / KV, 1);
+    y = compat::fused_causal_attention(qh, kh, vh).transpose(1, 2);
   } else {
-    y = attention(c, q, k, v, attention_mask(c, layer, T, n.device()));
+    y = attention(c, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attention_mask(c, layer, T, n.device()))
+            .transpose(1, 2);
   }
   if (layer >= cfg.num_layers - cfg.xsa_last_n) {
     // XSA: remove from each head's output its component along the unit value
@@ -137,33 +135,46 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     // runs under autocast).
     at::Tensor vf = c.up(v);
     at::Tensor vhat = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
-    if (KV != H) vhat = vhat.repeat_interleave(H / KV, 1);
-    y = y - (y * vhat).sum(-1, true) * vhat;
+    if (KV != H) vhat = vhat.repeat_interleave(H / KV, 2);
+    at::Tensor yf = c.up(y);
+    y = yf - (yf * vhat).sum(-1, true) * vhat;
   }
-  y = y.transpose(1, 2).reshape({B, T, H * hd});
-  return c.with_lora(c.linear(y, pre + "proj.weight"), y, lora_key(step, "o"));
+  y = y.reshape({B, T, H * hd});
+  at::Tensor out = c.with_lora(c.linear(y, pre + "proj.weight"), y, lora_key(step, "o"));
+  return c.with_lora(out, n, lora_key(step, "o_norm"));  // 0410's O adapter reads the block's normed input
 }
 
-at::Tensor mlp_forward(const Ctx& c, int layer, const at::Tensor& n) {
-  at::Tensor h = c.up(c.linear(n, block(layer) + "mlp.fc.weight"));
-  h = c.cfg.mlp_activation == "leaky_relu2" ? at::leaky_relu(h, c.cfg.mlp_leaky_slope) : at::relu(h);
-  return c.linear(h * h, block(layer) + "mlp.proj.weight");
+// n [B, T, d] -> [B, T, d], act type; hidden [B, T, mlp_hidden]. Unrolled
+// step `step` (for the "mlp" adapter, which reads n).
+at::Tensor mlp_forward(const Ctx& c, int step, int layer, const at::Tensor& n) {
+  at::Tensor h = c.linear(n, block(layer) + "mlp.fc.weight");
+  h = fused::relu_square(h, c.cfg.mlp_activation == "leaky_relu2" ? c.cfg.mlp_leaky_slope : 0.0, c.math);
+  return c.with_lora(c.linear(h, block(layer) + "mlp.proj.weight"), n, lora_key(step, "mlp"));
 }
 
 // x_in = mix0 x + mix1 x0; returns x_in + attn_scale * Attn(rms(x_in) * s).
 at::Tensor attn_half(const Ctx& c, int step, int layer, const at::Tensor& x, const at::Tensor& x0,
                      const at::Tensor& cos, const at::Tensor& sin) {
   const std::string pre = block(layer);
-  at::Tensor mix = c.pw(pre + "resid_mix");  // [2, d]
-  at::Tensor x_in = c.store(mix[0] * c.up(x) + mix[1] * c.up(x0));
-  at::Tensor a = attn_forward(c, step, layer, c.rms(x_in) * c.ln_factor(layer), cos, sin);
-  return c.store(c.up(x_in) + c.pw(pre + "attn_scale") * c.up(a));
+  auto [x_in, n] = fused::mix_norm(x, x0, c.pw(pre + "resid_mix"), c.ln_factor(layer), c.eps, c.math);
+  at::Tensor a = attn_forward(c, step, layer, n, cos, sin);
+  return fused::add_scaled(x_in, a, c.pw(pre + "attn_scale"), c.math);
 }
 
 // x + mlp_scale * MLP(rms(x) * s).
-at::Tensor mlp_half(const Ctx& c, int layer, const at::Tensor& x) {
-  at::Tensor m = mlp_forward(c, layer, c.rms(x) * c.ln_factor(layer));
-  return c.store(c.up(x) + c.pw(block(layer) + "mlp_scale") * c.up(m));
+at::Tensor mlp_half(const Ctx& c, int step, int layer, const at::Tensor& x) {
+  at::Tensor m = mlp_forward(c, step, layer, fused::rms_norm(x, c.ln_factor(layer), c.eps, c.act, c.math));
+  return fused::add_scaled(x, m, c.pw(block(layer) + "mlp_scale"), c.math);
+}
+
+// mlp_half(attn_half(x)) with the residual add and the MLP's norm in one step.
+at::Tensor block_forward(const Ctx& c, int step, int layer, const at::Tensor& x, const at::Tensor& x0,
+                         const at::Tensor& cos, const at::Tensor& sin) {
+  const std::string pre = block(layer);
+  auto [x_in, n] = fused::mix_norm(x, x0, c.pw(pre + "resid_mix"), c.ln_factor(layer), c.eps, c.math);
+  at::Tensor a = attn_forward(c, step, layer, n, cos, sin);
+  auto [y, n2] = fused::add_norm(x_in, a, c.pw(pre + "attn_scale"), c.ln_factor(layer), c.eps, c.math);
+  return fused::add_scaled(y, mlp_forward(c, step, layer, n2), c.pw(pre + "mlp_scale"), c.math);
 }
 
 // Decoder skip: x + w*skip, or lerp(w*skip, x, sigmoid(gate)) with gates.
@@ -172,6 +183,30 @@ at::Tensor add_skip(const Ctx& c, int j, const at::Tensor& x, const at::Tensor& 
   if (!c.cfg.skip_gates_enabled) return c.store(c.up(x) + sk);
   at::Tensor g = at::sigmoid(c.pw("skip_gates")[j]);
   return c.store(sk + g * (c.up(x) - sk));
+}
+
+// The "head" adapter's (x A_b^T) B_b^T at the positions of `mask` [B, T] (all
+// when undefined), in row-major order: [n, V] act; undefined without one.
+// x [B, T, E] is the head's input. Batched: bmm over [B, T', E] with T' the
+// columns holding a scored position, in row groups of bounded size.
+at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const at::Tensor& mask) {
+  const LoraAdapter* a = c.adapter("head");
+  if (!a) return {};
+  const int64_t B = x.size(0), T = x.size(1), V = a->B.size(1);
+  at::Tensor m = mask.defined() ? mask : at::ones({B, T}, x.options().dtype(at::kBool));
+  const at::Tensor cols = m.any(0).nonzero().squeeze(1);  // [T']
+  const at::Tensor xs = c.store(x).index_select(1, cols), ms = m.index_select(1, cols);  // [B, T', E], [B, T']
+  const int64_t Tp = cols.size(0);
+  if (Tp == 0) return at::zeros({0, V}, x.options().dtype(c.act));
+  const int64_t group = std::max<int64_t>(1, (int64_t(64) << 20) / (Tp * V));  // elements per delta block
+  std::vector<at::Tensor> parts;
+  for (int64_t b0 = 0; b0 < B; b0 += group) {
+    const int64_t n = std::min(group, B - b0);
+    at::Tensor xa = at::bmm(xs.narrow(0, b0, n), a->A.narrow(0, b0, n).to(c.act).transpose(1, 2));  // [n, T', r]
+    at::Tensor d = at::bmm(xa, a->B.narrow(0, b0, n).to(c.act).transpose(1, 2));                    // [n, T', V]
+    parts.push_back(d.reshape({n * Tp, V}).index_select(0, ms.narrow(0, b0, n).reshape({-1}).nonzero().squeeze(1)));
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts);
 }
 
 at::Tensor orthogonal(const std::vector<int64_t>& shape, at::Generator& gen) {
@@ -313,8 +348,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType act = opt.precision == Precision::F64 ? at::kDouble
                              : opt.precision == Precision::BF16 ? at::kBFloat16 : at::kFloat;
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
-  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora};
-  c.tap = &opt.linear_input_tap;
+  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora, at::Tensor(), 0, &opt.linear_input_tap};
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
   bool windows = false;
   for (int wdw : cfg.attn_windows) windows |= wdw > 0;
@@ -331,7 +365,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   }
   auto [cos, sin] = rope_tables(cfg, T, math, inputs.device());
 
-  at::Tensor x = c.store(c.rms(at::embedding(w.get("tok_emb.weight"), inputs)));
+  at::Tensor x = fused::rms_norm(at::embedding(w.get("tok_emb.weight"), inputs), 1.0, c.eps, act, math);
   if (cfg.embed_dim() != d) x = c.linear(x, "embed_proj.weight");
   const at::Tensor x0 = x;
 
@@ -340,7 +374,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const int S = cfg.num_skips();
   std::vector<at::Tensor> skips;
   for (size_t s = 0; s < enc; ++s) {
-    x = mlp_half(c, seq[s], attn_half(c, int(s), seq[s], x, x0, cos, sin));
+    x = block_forward(c, int(s), seq[s], x, x0, cos, sin);
     skips.push_back(x);
   }
   at::Tensor lane0, lane1;  // two-lane parallel residuals, once started
@@ -354,9 +388,9 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
       }
       if (cfg.parallel_start_layer > 0 && i >= cfg.parallel_start_layer) {
         lane0 = attn_half(c, int(enc + j), i, x, x0, cos, sin);
-        lane1 = mlp_half(c, i, x);
+        lane1 = mlp_half(c, int(enc + j), i, x);
       } else {
-        x = mlp_half(c, i, attn_half(c, int(enc + j), i, x, x0, cos, sin));
+        x = block_forward(c, int(enc + j), i, x, x0, cos, sin);
       }
     } else {
       if (skip) {
@@ -364,14 +398,14 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
         skips.pop_back();
       }
       lane0 = attn_half(c, int(enc + j), i, lane0, x0, cos, sin);
-      lane1 = mlp_half(c, i, lane1);
+      lane1 = mlp_half(c, int(enc + j), i, lane1);
     }
   }
   if (lane0.defined()) {
     at::Tensor lam = c.pw("lane_merge");
     x = c.store(lam * c.up(lane0) + (1.0 - lam) * c.up(lane1));
   }
-  x = c.store(c.rms(x));
+  x = fused::rms_norm(x, 1.0, c.eps, act, math);
   if (cfg.embed_dim() != d) x = c.linear(x, "head_proj.weight");
 
   // The head and the loss only where scored, a bounded number of rows at a time.
@@ -387,31 +421,20 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   if (*c.tap) (*c.tap)(head_name, h);
   const at::Tensor head = c.mm_weight(head_name);
   auto nll_of = [&](const at::Tensor& logits_proj, const at::Tensor& t) {  // [n, V] act, [n] -> [n] math
-    at::Tensor logits = c.up(logits_proj);
-    logits = cfg.logit_softcap * at::tanh(logits / cfg.logit_softcap);
-    return at::logsumexp(logits, -1) - logits.gather(1, t.unsqueeze(1)).squeeze(1);
+    return fused::softcap_nll(logits_proj, t, cfg.logit_softcap, c.math);
   };
-  if (const LoraAdapter* a = c.adapter("head")) {
-    // Each batch row has its own head delta: rows of one batch row at a time.
-    at::Tensor row_ids = rows.defined() ? rows : at::arange(B * T, tgt.options());
-    at::Tensor batch_of = at::div(row_ids, T, "floor");
-    at::Tensor nll = at::zeros({h.size(0)}, h.options().dtype(math));
-    for (int64_t b = 0; b < B; ++b) {
-      at::Tensor idx = (batch_of == b).nonzero().squeeze(1);
-      if (idx.numel() == 0) continue;
-      at::Tensor hb = h.index_select(0, idx);
-      at::Tensor lp = c.store(c.up(at::linear(hb, head)) +
-                              c.up(at::linear(at::linear(hb, a->A[b].to(act)), a->B[b].to(act))));
-      nll = nll.index_copy(0, idx, nll_of(lp, tgt.index_select(0, idx)));
-    }
-    if (!rows.defined()) return nll.view({B, T});
-    return at::zeros({B * T}, nll.options()).index_copy_(0, rows, nll).view({B, T});
-  }
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(16) << 20) / (4 * int64_t(cfg.vocab_size)));  // < the mmap threshold
+  // Per-row head adapter: its delta at the scored positions, [n, V] act.
+  const at::Tensor head_delta = head_lora_delta(c, x, opt.score_mask);
+  // Logit rows per head matmul: under the allocator's mmap threshold on the CPU, large on the GPU.
+  const int64_t chunk_bytes = h.is_cuda() ? (int64_t(1) << 30) : (int64_t(16) << 20);
+  const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (4 * int64_t(cfg.vocab_size)));
   std::vector<at::Tensor> parts;
   for (int64_t r = 0; r < h.size(0); r += chunk) {
     const int64_t n = std::min(chunk, h.size(0) - r);
-    parts.push_back(nll_of(at::linear(h.narrow(0, r, n), head), tgt.narrow(0, r, n)));
+    at::Tensor logits = at::linear(h.narrow(0, r, n), head);
+    // The sum stays in the math type: the compiled reference adds the delta inside the softcap's fused kernel.
+    if (head_delta.defined()) logits = c.up(logits) + c.up(head_delta.narrow(0, r, n));
+    parts.push_back(nll_of(logits, tgt.narrow(0, r, n)));
   }
   at::Tensor nll = parts.empty() ? at::zeros({0}, h.options().dtype(math)) : parts.size() == 1 ? parts[0] : at::cat(parts);
   if (!rows.defined()) return nll.view({B, T});

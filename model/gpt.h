@@ -50,12 +50,25 @@ void check_weights(const GptWeights& w, const std::string& source);
 // stored as bf16. F32 / F64 run everything in that type (CPU, tests).
 enum class Precision { F32, F64, BF16 };
 
-// Low-rank adapters, one per batch row (test-time training): at a site whose
-// input is x [B, T, in], the output gains (x A_b^T) B_b^T for row b, with
-// A [B, r, in] and B [B, out, r]. Sites: lora_key(step, "q" | "k" | "v" | "o")
-// for the attention projections of the step-th entry of layer_sequence() (the
-// inputs of c_q / c_k / c_v / proj), and "head" for the LM head (its input is
-// the final normed hidden state; the delta is added before the softcap).
+// Low-rank adapters, one per batch row (test-time training): at a site with
+// input x [B, T, in] and output y [B, T, out], row b's y gains
+// (x_b A_b^T) B_b^T, with A [B, r, in] and B [B, out, r] (any float type, cast
+// to the activation type; gradients reach A and B through forward_nll).
+// Sites, keyed lora_key(step, site) where step indexes layer_sequence() (one
+// adapter per unrolled step of depth recurrence, the reference's "slot"):
+//   "q", "k", "v"  x = the block's normed attention input n (after ln_scale),
+//                  y = c_q / c_k / c_v's output (before the q/k norms).
+//   "o"            x = the attention output (proj's input, after XSA), y = proj's
+//                  output: the same as adding B_b A_b to proj.weight.
+//   "o_norm"       x = n, y = proj's output (before attn_scale): the O adapter
+//                  of 2026-04-10_VarLenAttn (_block_with_lora: o_loras(n)).
+//   "mlp"          x = the MLP's normed input (after ln_scale), y = the MLP's
+//                  output (before mlp_scale), d -> d: 0410's mlp_loras.
+// and the unkeyed "head": x = the LM head's input (the final normed hidden
+// state, after head_proj), y = the logits before the softcap; the sum is kept
+// in the math type (the compiled reference adds it inside the softcap kernel).
+// 2026-03-17_LoRA_TTT uses q, v, head; 2026-04-10_VarLenAttn q, k, v,
+// o_norm, mlp, head.
 struct LoraAdapter {
   at::Tensor A, B;
 };

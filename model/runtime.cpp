@@ -1,3 +1,6 @@
+// This file alone sees libtorch's profiler (model/torch_compat.h); it skips
+// the precompiled header so the define below takes effect.
+#define PGOLF_COMPAT_PROFILER 1
 #include "model/runtime.h"
 
 #include <CLI/CLI.hpp>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "data/error.h"
 #include "model/pch.h"
 
 #if PGOLF_WITH_CUDA
@@ -18,6 +22,15 @@
 #endif
 
 namespace pgolf {
+
+void start_profile() {
+  if (!compat::has_profiler) throw Error("--profile: needs a CUDA build of libtorch >= 2.0");
+  compat::start_profiler();
+}
+
+void stop_profile(const std::string& path) {
+  if (compat::has_profiler) compat::stop_profiler(path);
+}
 
 RuntimeInfo runtime_info() {
   RuntimeInfo r;

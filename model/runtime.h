@@ -19,4 +19,10 @@ RuntimeInfo runtime_info();
 // Median GFLOP/s of an n x n x n matmul: float32 on CPU, bfloat16 on CUDA.
 double measure_matmul_gflops(bool cuda, int n, int repeats);
 
+// A Kineto trace (Chrome-trace JSON) of the work between these calls, for
+// finding where GPU time goes (`--profile` on eval). CUDA builds only: the
+// start throws a pgolf::Error elsewhere.
+void start_profile();
+void stop_profile(const std::string& path);
+
 }  // namespace pgolf

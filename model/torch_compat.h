@@ -7,6 +7,11 @@
 
 #include <optional>
 #include <stdexcept>
+#include <string>
+#if defined(PGOLF_COMPAT_PROFILER) && PGOLF_WITH_CUDA
+#include <set>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#endif
 
 #define PGOLF_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -60,13 +65,79 @@ inline at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& 
                                           /*window_size_right=*/int64_t(0));
   return std::get<0>(out);
 }
+// Dense batch: q [B, T, H, hd], k/v [B, T, KV, hd] (KV divides H: grouped
+// heads without copying k/v), causal with the same window rule -> [B, T, H, hd].
+inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       int64_t window_left) {
+  const int64_t T = q.size(1);
+  auto out = at::_flash_attention_forward(q, k, v, std::nullopt, std::nullopt, T, T, /*dropout_p=*/0.0,
+                                          /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
+                                          /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
+  return std::get<0>(out);
+}
 #else
 constexpr bool has_varlen_flash_attention = false;
+inline at::Tensor dense_flash_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
+  throw std::runtime_error("flash attention needs libtorch >= 2.6");
+}
 inline at::Tensor varlen_flash_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          int64_t, int64_t) {
   throw std::runtime_error("varlen flash attention needs libtorch >= 2.6");
 }
 #endif
+
+// A Kineto trace of everything between start and stop (CUDA builds of
+// libtorch >= 2.0, which ship Kineto), saved as Chrome-trace JSON. Only the
+// file that defines PGOLF_COMPAT_PROFILER pulls in the profiler headers.
+#if defined(PGOLF_COMPAT_PROFILER) && PGOLF_WITH_CUDA && PGOLF_TORCH_AT_LEAST(2, 0)
+constexpr bool has_profiler = true;
+inline std::set<torch::profiler::impl::ActivityType> profiler_activities() {
+  return {torch::profiler::impl::ActivityType::CPU, torch::profiler::impl::ActivityType::CUDA};
+}
+inline void start_profiler() {
+  const torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO);
+  torch::autograd::profiler::prepareProfiler(cfg, profiler_activities());
+  torch::autograd::profiler::enableProfiler(cfg, profiler_activities());
+}
+inline void stop_profiler(const std::string& path) { torch::autograd::profiler::disableProfiler()->save(path); }
+#elif defined(PGOLF_COMPAT_PROFILER)
+constexpr bool has_profiler = false;
+inline void start_profiler() { throw std::runtime_error("profiling needs a CUDA build of libtorch >= 2.0"); }
+inline void stop_profiler(const std::string&) {}
+#endif
+
+// TF32 tensor-core products for float32 matmuls on CUDA, as the reference
+// runs with torch.backends.cuda.matmul.allow_tf32 = True (GPTQ's Hessians).
+// Context::setAllowTF32CuBLAS where this libtorch has it, else nothing.
+namespace detail {
+template <class C, class = void>
+struct has_allow_tf32 : std::false_type {};
+template <class C>
+struct has_allow_tf32<C, std::void_t<decltype(std::declval<C&>().setAllowTF32CuBLAS(true)),
+                                     decltype(std::declval<const C&>().allowTF32CuBLAS())>> : std::true_type {};
+template <class C>
+bool allow_tf32(const C& c) {
+  if constexpr (has_allow_tf32<C>::value) return c.allowTF32CuBLAS();
+  else return false;
+}
+template <class C>
+void set_allow_tf32(C& c, bool on) {
+  if constexpr (has_allow_tf32<C>::value) c.setAllowTF32CuBLAS(on);
+}
+}  // namespace detail
+// Scoped: restores the previous setting.
+class Tf32MatmulGuard {
+ public:
+  explicit Tf32MatmulGuard(bool on) : prev_(detail::allow_tf32(at::globalContext())) {
+    detail::set_allow_tf32(at::globalContext(), on);
+  }
+  ~Tf32MatmulGuard() { detail::set_allow_tf32(at::globalContext(), prev_); }
+  Tf32MatmulGuard(const Tf32MatmulGuard&) = delete;
+  Tf32MatmulGuard& operator=(const Tf32MatmulGuard&) = delete;
+
+ private:
+  bool prev_;
+};
 
 constexpr int torch_major = TORCH_VERSION_MAJOR;
 constexpr int torch_minor = TORCH_VERSION_MINOR;

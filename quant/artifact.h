@@ -70,6 +70,22 @@ std::string encode_artifact(const Artifact& a, const ArtifactWriteOptions& opt =
                             ArtifactLayout* layout = nullptr);
 Artifact decode_artifact(const std::string& bytes, const std::string& what, ArtifactLayout* layout = nullptr);
 
+// What decoding may cost. The defaults fit any real model; fuzzers lower them.
+struct ArtifactLimits {
+  uint64_t max_file = 2ull << 30;     // load_artifact: file size
+  uint64_t max_decoded = 1ull << 30;  // all sections decoded, together (checked before allocating)
+  uint64_t max_json = 16ull << 20;    // the JSON section, decoded
+  uint64_t max_tensors = 1u << 16;
+};
+Artifact decode_artifact(const std::string& bytes, const std::string& what, ArtifactLayout* layout,
+                         const ArtifactLimits& limits);
+
+// For tests and fuzzers: the same bytes with every checksum (section CRCs,
+// JSON CRC, file length, SHA-256) recomputed, so that edits reach the checks
+// behind them. Best effort on any input (never throws); the JSON comes back
+// re-serialized, uncompressed, when it parses.
+std::string reseal_artifact(const std::string& bytes);
+
 // True when the bytes start with the artifact magic (model-file detection).
 bool is_artifact(const std::string& head);
 

@@ -10,7 +10,9 @@
 #include "data/error.h"
 #include "model/checkpoint.h"
 #include "model/pch.h"
+#include "quant/artifact.h"
 #include "quant/model_files.h"
+#include "quant/size_budget.h"
 
 namespace pgolf {
 
@@ -28,8 +30,61 @@ struct Row {
   uint64_t bytes;
 };
 
-void run_inspect(const std::string& path, bool json) {
+// A pgolf artifact: per tensor its bits, coding, raw and stored bytes, the
+// order-0 entropy floor of its values; totals against the cap.
+void inspect_artifact(const std::string& path, bool json, uint64_t cap, const std::vector<std::string>& code) {
+  quant::ArtifactLayout layout;
+  const quant::Artifact a = quant::load_artifact(path, &layout);
+  quant::SizeBudget budget;
+  budget.artifact_bytes = layout.file_bytes;
+  for (const quant::CodeFile& f : quant::code_files(code)) budget.code_bytes += f.bytes;
+  budget.cap = cap;
+  std::fprintf(stderr, "%s: pgolf artifact, %zu tensors\n%-40s %-12s %-5s %-16s %12s %12s %9s\n", path.c_str(),
+               a.tensors.size(), "tensor", "shape", "bits", "coding", "raw bytes", "stored", "H0 bytes");
+  nlohmann::json tensors = nlohmann::json::array();
+  uint64_t raw = 0, stored = 0;
+  double floor_bits = 0;
+  for (const quant::ArtifactTensorLayout& t : layout.tensors) {
+    const std::string bits = t.kind == "quantized" ? "int" + std::to_string(t.bits) : t.dtype;
+    std::fprintf(stderr, "%-40s %-12s %-5s %-16s %12s %12s %9s\n", t.name.c_str(), shape_text(t.shape).c_str(),
+                 bits.c_str(), t.coding.c_str(), quant::with_commas(t.raw_bytes).c_str(),
+                 quant::with_commas(t.stored_bytes).c_str(),
+                 t.kind == "quantized" ? quant::with_commas(uint64_t(t.entropy_bits / 8)).c_str() : "-");
+    raw += t.raw_bytes;
+    stored += t.stored_bytes;
+    floor_bits += t.entropy_bits;
+    tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"kind", t.kind}, {"bits", t.bits}, {"dtype", t.dtype},
+                       {"coding", t.coding}, {"raw_bytes", t.raw_bytes}, {"stored_bytes", t.stored_bytes},
+                       {"entropy_bits", t.entropy_bits}});
+  }
+  std::fprintf(stderr,
+               "tensors: %s raw bytes -> %s stored; header + JSON %s; file %s bytes\n"
+               "order-0 entropy of the quantized values: %s bytes\n"
+               "total %s = artifact %s + code %s; cap %s: %s\n",
+               quant::with_commas(raw).c_str(), quant::with_commas(stored).c_str(),
+               quant::with_commas(layout.header_bytes).c_str(), quant::with_commas(layout.file_bytes).c_str(),
+               quant::with_commas(uint64_t(floor_bits / 8)).c_str(), quant::with_commas(budget.total()).c_str(),
+               quant::with_commas(budget.artifact_bytes).c_str(), quant::with_commas(budget.code_bytes).c_str(),
+               cap ? quant::with_commas(cap).c_str() : "none",
+               budget.fits() ? ("fits, " + quant::with_commas(uint64_t(budget.headroom())) + " bytes to spare").c_str()
+                             : ("over by " + quant::with_commas(uint64_t(-budget.headroom())) + " bytes").c_str());
+  if (json) {
+    nlohmann::json cfg = nlohmann::json::parse(a.config_json, nullptr, false);
+    nlohmann::json meta = nlohmann::json::parse(a.meta_json, nullptr, false);
+    nlohmann::json j = {{"file", path}, {"kind", "pgolf artifact"}, {"tensors", tensors},
+                        {"file_bytes", layout.file_bytes}, {"header_bytes", layout.header_bytes},
+                        {"code_bytes", budget.code_bytes}, {"total_bytes", budget.total()}, {"cap", cap},
+                        {"fits", budget.fits()}, {"entropy_floor_bytes", floor_bits / 8},
+                        {"tokenizer_fingerprint", a.tokenizer_fingerprint},
+                        {"config", cfg.is_discarded() ? nlohmann::json(a.config_json) : cfg},
+                        {"meta", meta.is_discarded() ? nlohmann::json(a.meta_json) : meta}};
+    std::printf("%s\n", j.dump().c_str());
+  }
+}
+
+void run_inspect(const std::string& path, bool json, uint64_t cap, const std::vector<std::string>& code) {
   const ModelFileKind kind = detect_model_file(path);
+  if (kind == ModelFileKind::Artifact) return inspect_artifact(path, json, cap, code);
   std::vector<Row> rows;
   std::string config_json, notes;
   if (kind == ModelFileKind::Checkpoint) {
@@ -74,12 +129,22 @@ void run_inspect(const std::string& path, bool json) {
 }  // namespace
 
 void register_inspect_command(CLI::App& app) {
-  auto a = std::make_shared<std::pair<std::string, bool>>();
-  CLI::App* ins = app.add_subcommand("inspect", "Names, shapes, dtypes, bytes and config of a model file (.h5, .pt, .ptz)");
-  ins->add_option("file", a->first, "a pgolf checkpoint or a parameter-golf final_model.pt / .int8.ptz / .int6.ptz")
+  struct Args {
+    std::string file;
+    bool json = false;
+    uint64_t cap = quant::kDefaultCap;
+    std::vector<std::string> code;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* ins =
+      app.add_subcommand("inspect", "Names, shapes, dtypes, bytes and config of a model file (.h5, .pt, .ptz, .pgz)");
+  ins->add_option("file", a->file,
+                  "a pgolf checkpoint or artifact, or a parameter-golf final_model.pt / .int8.ptz / .int6.ptz")
       ->required();
-  ins->add_flag("--json", a->second, "print one JSON object on stdout");
-  ins->callback([a]() { run_inspect(a->first, a->second); });
+  ins->add_flag("--json", a->json, "print one JSON object on stdout");
+  ins->add_option("--cap", a->cap, "artifacts: the size cap in bytes (0 = none)")->capture_default_str();
+  ins->add_option("--code", a->code, "artifacts: code files counted against the cap, byte for byte as given");
+  ins->callback([a]() { run_inspect(a->file, a->json, a->cap, a->code); });
 }
 
 }  // namespace pgolf

@@ -7,6 +7,8 @@
 
 #include "data/error.h"
 #include "model/pch.h"
+#include "quant/artifact.h"
+#include "quant/quantize.h"
 #include "quant/torch_archive.h"
 
 namespace pgolf {
@@ -168,6 +170,7 @@ const char* model_file_kind_name(ModelFileKind k) {
     case ModelFileKind::TorchStateDict: return "torch.save state dict";
     case ModelFileKind::Int8Ptz: return "int8 + zlib artifact (baseline)";
     case ModelFileKind::Int6Ptz: return "int6 + brotli artifact (frontier)";
+    case ModelFileKind::Artifact: return "pgolf artifact";
   }
   return "?";
 }
@@ -176,6 +179,7 @@ ModelFileKind detect_model_file(const std::string& path) {
   const std::string h = head_bytes(path, 8);
   if (h.size() < 2) fail(path, "too short to be a model file");
   if (h.compare(0, 8, "\x89HDF\r\n\x1a\n", 8) == 0) return ModelFileKind::Checkpoint;
+  if (quant::is_artifact(h)) return ModelFileKind::Artifact;
   if (h.compare(0, 4, "PK\x03\x04", 4) == 0) return ModelFileKind::TorchStateDict;
   const unsigned cmf = static_cast<unsigned char>(h[0]), flg = static_cast<unsigned char>(h[1]);
   if ((cmf & 0x0F) == 8 && (cmf >> 4) <= 7 && (cmf * 256 + flg) % 31 == 0) return ModelFileKind::Int8Ptz;
@@ -226,6 +230,12 @@ ModelConfig infer_config(const std::map<std::string, at::Tensor>& s, const std::
 GptWeights load_model_file(const ModelSource& src, std::string* notes) {
   const ModelFileKind kind = detect_model_file(src.path);
   if (kind == ModelFileKind::Checkpoint) return load_model(src);
+  if (kind == ModelFileKind::Artifact) {
+    GptWeights w = quant::dequantize_artifact(quant::load_artifact(src.path), src.path);
+    w.config = apply_config_overrides(w.config, src);
+    check_weights(w, src.path);
+    return w;
+  }
   std::map<std::string, at::Tensor> state = read_reference_state(src.path, kind);
   GptWeights w;
   try {

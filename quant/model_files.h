@@ -2,7 +2,8 @@
 // (.h5), parameter-golf torch.save state dicts (final_model.pt, banked or
 // not), the baseline int8 + zlib artifact (final_model.int8.ptz, SPEC §7) and
 // the frontier int6 + byte shuffle + brotli artifact (final_model.int6.ptz,
-// SPEC §11). Nothing is executed: torch files go through the allow-listed
+// SPEC §11), and pgolf's own artifacts (.pgz, quant/artifact.h: they carry
+// their config). Nothing is executed: torch files go through the allow-listed
 // pickle reader of quant/torch_archive.h.
 //
 // The reference's files carry no config. It is inferred from tensor names and
@@ -18,7 +19,7 @@
 
 namespace pgolf {
 
-enum class ModelFileKind { Checkpoint, TorchStateDict, Int8Ptz, Int6Ptz };
+enum class ModelFileKind { Checkpoint, TorchStateDict, Int8Ptz, Int6Ptz, Artifact };  // Artifact: pgolf's .pgz
 const char* model_file_kind_name(ModelFileKind k);
 ModelFileKind detect_model_file(const std::string& path);
 

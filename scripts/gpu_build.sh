@@ -37,16 +37,26 @@ if ! cmake --build "$B" -j "$(nproc)" >"${OUT:-/tmp}/build.log" 2>&1; then
   exit 1
 fi
 t2=$EPOCHREALTIME
-ctest --test-dir "$B" --output-on-failure -j 8 2>&1 | tail -15
+# QUICK=1: only the GPU-labelled tests (the CPU suite runs in CI). Fuzzing needs clang: not here.
+if [ "${QUICK:-0}" = 1 ]; then
+  ctest --test-dir "$B" --output-on-failure -L gpu >"${OUT:-/tmp}/ctest.log" 2>&1 || true
+else
+  ctest --test-dir "$B" --output-on-failure -j 8 --label-exclude fuzz >"${OUT:-/tmp}/ctest.log" 2>&1 || true
+fi
+grep -E -A6 "Failure$|^\[  FAILED|tests passed" "${OUT:-/tmp}/ctest.log" | head -60 || true
 t3=$EPOCHREALTIME
 touch data/shard.cpp && cmake --build "$B" 2>&1 | tail -1
 t4=$EPOCHREALTIME
 "$B/pgolf" env --bench --json >"${OUT:-/tmp}/env.json"
+"$B/pgolf_fused_check" >"${OUT:-/tmp}/fused_check.txt" 2>&1 || echo "pgolf_fused_check failed"
 # Eval speed on a baseline-shaped model (vocab 8192, 9x512, L=1024) over the shared val set.
 "$B/pgolf" init --set vocab_size=8192 --out /tmp/base8192.h5
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --json --quiet >"${OUT:-/tmp}/eval_std.json"
+"$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --quiet --profile /tmp/trace_std.json 2>/dev/null
+python3 scripts/trace_summary.py /tmp/trace_std.json 30 >"${OUT:-/tmp}/trace_std.txt" 2>&1 || true
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --json --quiet >"${OUT:-/tmp}/eval_sw.json"
+"$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --json --quiet >"${OUT:-/tmp}/eval_sw128.json"
 "$B/pgolf" eval --model /tmp/base8192.h5 --val "$VAL" --tokenizer "$TOK" --stride 64 --doc-mask --json --quiet >"${OUT:-/tmp}/eval_swd.json"
 # Training speed, same shape: 30 steps of 64 x 1024 tokens.
 "$B/pgolf" train --train "$C/shared/data/corpus/fineweb_train_000000.bin" --val "$VAL" --tokenizer "$TOK" \
@@ -65,5 +75,8 @@ echo "| rebuild after touching one data/ file | $(d "$t3" "$t4") |"
 echo "env: $(cat "${OUT:-/tmp}/env.json")"
 echo "eval standard: $(cat "${OUT:-/tmp}/eval_std.json")"
 echo "eval sliding S=64: $(cat "${OUT:-/tmp}/eval_sw.json")"
+echo "eval sliding S=64 batch 128 windows: $(cat "${OUT:-/tmp}/eval_sw128.json")"
 echo "eval sliding S=64 doc-mask: $(cat "${OUT:-/tmp}/eval_swd.json")"
+cat "${OUT:-/tmp}/fused_check.txt"
+cat "${OUT:-/tmp}/trace_std.txt"
 echo "train 30 steps: $(cat "${OUT:-/tmp}/train.json")"

@@ -5,7 +5,8 @@ PKGS=(build-essential cmake ninja-build ccache
       libtorch-dev libopenblas0-pthread   # without OpenBLAS libtorch's matmul runs ~28x slower
       libzstd-dev libbrotli-dev libhdf5-dev libsentencepiece-dev zlib1g-dev
       nlohmann-json3-dev libcli11-dev libgtest-dev
-      python3-h5py)                          # the test that h5py reads pgolf checkpoints
+      python3-h5py                           # the test that h5py reads pgolf checkpoints
+      clang libclang-rt-dev)                 # libFuzzer + sanitizers (scripts/fuzz.sh)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")

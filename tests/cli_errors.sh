@@ -78,5 +78,22 @@ if ls "$T"/tok.* >/dev/null 2>&1; then
   echo "FAIL train-tokenizer left files behind"; failures=$((failures + 1))
 fi
 
+# pgolf ttt: bad knobs are refused before anything is loaded; then eval's model/tokenizer/val checks.
+expect_error ttt-rank-zero "ttt: the LoRA rank must be >= 1, got 0" -- \
+  "$PGOLF" ttt --model "$T/missing.h5" --val "$T/ok.bin" --tokenizer "$TOK" --rank 0
+expect_error ttt-chunk-over-context "ttt: chunk size 300 exceeds the context length 256" -- \
+  "$PGOLF" ttt --model "$T/missing.h5" --val "$T/ok.bin" --tokenizer "$TOK" --chunk 300 --context 256
+expect_error ttt-unknown-target "ttt: unknown LoRA target 'x'" -- \
+  "$PGOLF" ttt --model "$T/missing.h5" --val "$T/ok.bin" --tokenizer "$TOK" --targets q,x
+"$PGOLF" init --set vocab_size=512 --set num_layers=1 --set model_dim=32 --out "$T/small.h5" >/dev/null 2>&1
+expect_error ttt-wrong-tokenizer "$TOK: tokenizer has 8192 pieces but the model's vocab_size is 512" -- \
+  "$PGOLF" ttt --model "$T/small.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu
+"$PGOLF" init --set vocab_size=8192 --set num_layers=1 --set model_dim=32 --out "$T/small8k.h5" >/dev/null 2>&1
+expect_error ttt-empty-glob "$T/nothing_*.bin: glob matches no files" -- \
+  "$PGOLF" ttt --model "$T/small8k.h5" --val "$T/nothing_*.bin" --tokenizer "$TOK" --device cpu
+
+# pgolf report: a file that is not an HDF5 eval dump.
+expect_error report-not-hdf5 "$T/ok.bin: not an HDF5 file" -- "$PGOLF" report "$T/ok.bin" --out "$T/fig"
+
 echo "$((count - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

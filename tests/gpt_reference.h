@@ -4,6 +4,7 @@
 // 2026-04-10_VarLenAttn model), not from model/gpt.cpp.
 #pragma once
 #include <cmath>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,22 @@ namespace pgolf::test {
 
 using Vec = std::vector<double>;
 using Mat = std::vector<Vec>;  // rows
+
+// One row's adapters, by lora_key / "head": delta(x) = B (A x), A [r][in], B [out][r].
+struct RefLora {
+  std::map<std::string, std::pair<Mat, Mat>> sites;
+  Vec delta(const std::string& key, const Vec& x, size_t out) const {
+    auto it = sites.find(key);
+    if (it == sites.end()) return Vec(out, 0.0);
+    const auto& [A, B] = it->second;
+    Vec ax(A.size(), 0.0), y(B.size(), 0.0);
+    for (size_t r = 0; r < A.size(); ++r)
+      for (size_t i = 0; i < x.size(); ++i) ax[r] += A[r][i] * x[i];
+    for (size_t o = 0; o < B.size(); ++o)
+      for (size_t r = 0; r < ax.size(); ++r) y[o] += B[o][r] * ax[r];
+    return y;
+  }
+};
 
 struct Ref {
   const GptWeights& w;
@@ -56,8 +73,16 @@ struct Ref {
   // Sequence of T positions: residual stream as T vectors.
   using Seq = std::vector<Vec>;
 
-  // One sequence: ids [T] -> NLL [T] of targets [T]; seg: segment id per position.
-  Vec nll(const std::vector<int64_t>& ids, const std::vector<int64_t>& tgt, const std::vector<int64_t>& seg) const {
+  // One sequence: ids [T] -> NLL [T] of targets [T]; seg: segment id per position;
+  // lora: this row's adapters (model/gpt.h lists the sites).
+  Vec nll(const std::vector<int64_t>& ids, const std::vector<int64_t>& tgt, const std::vector<int64_t>& seg,
+          const RefLora* lora = nullptr) const {
+    const RefLora none;
+    const RefLora& ad = lora ? *lora : none;
+    auto plus = [](Vec a, const Vec& b) {
+      for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+      return a;
+    };
     const int T = int(ids.size()), d = c.model_dim, H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim();
     const int n_layers = c.num_layers;
     const bool proj = c.embed_dim() != d;
@@ -83,15 +108,18 @@ struct Ref {
     };
     auto ln = [&](int L) { return c.ln_scale ? 1.0 / std::sqrt(double(L + 1)) : 1.0; };
 
-    // Attention of physical layer L on normed inputs nx -> outputs [T][d].
-    auto attn = [&](int L, const Seq& nx) {
+    // Attention of physical layer L (unrolled step st) on normed inputs nx -> outputs [T][d].
+    auto attn = [&](int st, int L, const Seq& nx) {
+      const std::string key = "step." + std::to_string(st) + ".";
       const std::string p = "blocks." + std::to_string(L) + ".";
       Vec qg = v(p + "attn.q_gain");
       Mat Wq = m(p + "attn.c_q.weight"), Wk = m(p + "attn.c_k.weight"), Wv = m(p + "attn.c_v.weight"),
           Wo = m(p + "attn.proj.weight");
       std::vector<std::vector<Vec>> q(T, std::vector<Vec>(H)), k(T, std::vector<Vec>(KV)), vv(T, std::vector<Vec>(KV));
       for (int t = 0; t < T; ++t) {
-        Vec qa = matvec(Wq, nx[t]), ka = matvec(Wk, nx[t]), va = matvec(Wv, nx[t]);
+        Vec qa = plus(matvec(Wq, nx[t]), ad.delta(key + "q", nx[t], Wq.size()));
+        Vec ka = plus(matvec(Wk, nx[t]), ad.delta(key + "k", nx[t], Wk.size()));
+        Vec va = plus(matvec(Wv, nx[t]), ad.delta(key + "v", nx[t], Wv.size()));
         for (int h = 0; h < H; ++h) {
           q[t][h] = rms(Vec(qa.begin() + h * hd, qa.begin() + (h + 1) * hd), eps);
           rope(q[t][h], t);
@@ -134,21 +162,21 @@ struct Ref {
           }
           for (int e = 0; e < hd; ++e) y[h * hd + e] = yh[e];
         }
-        out[t] = matvec(Wo, y);
+        out[t] = plus(plus(matvec(Wo, y), ad.delta(key + "o", y, d)), ad.delta(key + "o_norm", nx[t], d));
       }
       return out;
     };
-    auto mlp = [&](int L, const Vec& nx) {
+    auto mlp = [&](int st, int L, const Vec& nx) {
       const std::string p = "blocks." + std::to_string(L) + ".";
       Vec hdn = matvec(m(p + "mlp.fc.weight"), nx);
       for (double& a : hdn) {
         const double act = a > 0 ? a : (c.mlp_activation == "leaky_relu2" ? c.mlp_leaky_slope * a : 0.0);
         a = act * act;
       }
-      return matvec(m(p + "mlp.proj.weight"), hdn);
+      return plus(matvec(m(p + "mlp.proj.weight"), hdn), ad.delta("step." + std::to_string(st) + ".mlp", nx, d));
     };
     // Block halves: attention with the x0 mix; MLP on its own input.
-    auto attn_half = [&](int L, const Seq& in) {
+    auto attn_half = [&](int st, int L, const Seq& in) {
       const std::string p = "blocks." + std::to_string(L) + ".";
       Mat mix = m(p + "resid_mix");
       Vec as = v(p + "attn_scale");
@@ -158,15 +186,15 @@ struct Ref {
         for (int i = 0; i < d; ++i) xi[t][i] = mix[0][i] * in[t][i] + mix[1][i] * x0[t][i];
         nx[t] = scaled(rms(xi[t], eps), ln(L));
       }
-      Seq a = attn(L, nx);
+      Seq a = attn(st, L, nx);
       for (int t = 0; t < T; ++t)
         for (int i = 0; i < d; ++i) xi[t][i] += as[i] * a[t][i];
       return xi;
     };
-    auto mlp_half = [&](int L, Seq in) {
+    auto mlp_half = [&](int st, int L, Seq in) {
       Vec ms = v("blocks." + std::to_string(L) + ".mlp_scale");
       for (int t = 0; t < T; ++t) {
-        Vec mo = mlp(L, scaled(rms(in[t], eps), ln(L)));
+        Vec mo = mlp(st, L, scaled(rms(in[t], eps), ln(L)));
         for (int i = 0; i < d; ++i) in[t][i] += ms[i] * mo[i];
       }
       return in;
@@ -200,7 +228,7 @@ struct Ref {
     };
     std::vector<Seq> skips;
     for (int s = 0; s < enc; ++s) {
-      x = mlp_half(seq[s], attn_half(seq[s], x));
+      x = mlp_half(s, seq[s], attn_half(s, seq[s], x));
       skips.push_back(x);
     }
     bool lanes = false;
@@ -212,15 +240,15 @@ struct Ref {
         if (has_skip) { x = with_skip(j, x, skips.back()); skips.pop_back(); }
         if (c.parallel_start_layer > 0 && L >= c.parallel_start_layer) {
           lanes = true;
-          l0 = attn_half(L, x);
-          l1 = mlp_half(L, x);
+          l0 = attn_half(enc + j, L, x);
+          l1 = mlp_half(enc + j, L, x);
         } else {
-          x = mlp_half(L, attn_half(L, x));
+          x = mlp_half(enc + j, L, attn_half(enc + j, L, x));
         }
       } else {
         if (has_skip) { l0 = with_skip(j, l0, skips.back()); skips.pop_back(); }
-        l0 = attn_half(L, l0);
-        l1 = mlp_half(L, l1);
+        l0 = attn_half(enc + j, L, l0);
+        l1 = mlp_half(enc + j, L, l1);
       }
     }
     if (lanes) {
@@ -233,7 +261,7 @@ struct Ref {
     for (int t = 0; t < T; ++t) {
       Vec hfin = rms(x[t], eps);
       if (proj) hfin = matvec(m("head_proj.weight"), hfin);
-      Vec logits = matvec(head, hfin);
+      Vec logits = plus(matvec(head, hfin), ad.delta("head", hfin, head.size()));
       double mx = -1e300, z = 0;
       for (double& a : logits) {
         a = c.logit_softcap * std::tanh(a / c.logit_softcap);

@@ -1,0 +1,69 @@
+// The pointwise steps between the forward's matrix products, each as one
+// function with two implementations: a reference in plain ATen ops (any
+// device, float32 / float64 / bf16 activations, differentiable) and, in CUDA
+// builds, one fused kernel for bf16 activations (model/fused_cuda.cu). The
+// kernels read and write each activation once instead of once per ATen op;
+// on the eval shapes that traffic, not the matmuls, was the cost.
+//
+// Rounding. `act` is the stored activation type, `math` the type of the
+// pointwise math (see Precision in model/gpt.h). Every function rounds where
+// the reference code rounds: math in float32, one rounding to bf16 at the
+// end; each product and sum rounded as its own ATen op would round it (the
+// kernels use __fmul_rn / __fadd_rn, no contraction into FMAs), so the two
+// implementations differ only in the order of the sum inside the RMS norm.
+//
+// The kernels have no backward: the reference runs whenever autograd would
+// record (grad mode on and an input that requires grad).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <initializer_list>
+#include <utility>
+
+namespace pgolf::fused {
+
+// True when the CUDA kernels apply to these inputs: a CUDA build, the first a
+// CUDA bf16 tensor, no gradient to record, no ReferenceOnly in scope.
+bool use_kernels(std::initializer_list<at::Tensor> inputs);
+
+// While one is alive (on this thread), every function takes its reference
+// path: the GPU tests and the kernel check program compare the two with it.
+struct ReferenceOnly {
+  ReferenceOnly();
+  ~ReferenceOnly();
+  ReferenceOnly(const ReferenceOnly&) = delete;
+  ReferenceOnly& operator=(const ReferenceOnly&) = delete;
+  bool previous;
+};
+
+// x [N, d] (act or float32) -> act [N, d]: round(rms(x) * factor), where
+// rms(x) = x / sqrt(mean(x^2) + eps) in `math`.
+at::Tensor rms_norm(const at::Tensor& x, double factor, double eps, at::ScalarType act, at::ScalarType math);
+
+// x, x0 [N, d] act; mix [2, d] -> x_in = round(mix[0] x + mix[1] x0),
+// n = round(rms(x_in) * factor).
+std::pair<at::Tensor, at::Tensor> mix_norm(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& mix,
+                                           double factor, double eps, at::ScalarType math);
+
+// x, a [N, d] act; scale [d] -> y = round(x + scale a).
+at::Tensor add_scaled(const at::Tensor& x, const at::Tensor& a, const at::Tensor& scale, at::ScalarType math);
+
+// As add_scaled, plus n = round(rms(y) * factor).
+std::pair<at::Tensor, at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& a, const at::Tensor& scale,
+                                           double factor, double eps, at::ScalarType math);
+
+// q [B, T, heads * hd] act (a projection's output) -> act [B, T, heads, hd]:
+// per head, rms over hd, then RoPE on the first 2 * half dims (half-split
+// rotation with cos/sin [T, half] in `math`, position = column in the row),
+// then times gain[head] if gain [heads] is defined.
+at::Tensor qk_norm_rope(const at::Tensor& q, int64_t heads, const at::Tensor& cos, const at::Tensor& sin,
+                        const at::Tensor& gain, double eps, at::ScalarType math);
+
+// h [N, F] act -> round(a^2), a = leaky_relu(h, slope) (slope 0: relu).
+at::Tensor relu_square(const at::Tensor& h, double slope, at::ScalarType math);
+
+// logits [n, V] act, targets [n] int64 -> NLL [n] in `math`:
+// logsumexp(z) - z[target], z = cap * tanh(logits / cap).
+at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& targets, double cap, at::ScalarType math);
+
+}  // namespace pgolf::fused

@@ -1,0 +1,152 @@
+#include "ttt/lora_adapters.h"
+
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "data/error.h"
+#include "model/pch.h"
+
+namespace pgolf {
+
+namespace {
+
+// Host side of the generator: 64-bit mixing for the per-row key, murmur3's
+// 32-bit finalizer per element (the device side below computes the same).
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001B3ull;
+  return h;
+}
+
+uint32_t row_hash(uint64_t seed, uint64_t row_key, const std::string& site) {
+  return uint32_t(splitmix64(seed ^ splitmix64(row_key ^ splitmix64(fnv1a(site)))));
+}
+
+constexpr uint32_t kWeyl = 0x9E3779B9u, kMix1 = 0x85EBCA6Bu, kMix2 = 0xC2B2AE35u;
+
+uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= kMix1;
+  h ^= h >> 13;
+  h *= kMix2;
+  return h ^ (h >> 16);
+}
+
+// Device side, on int64 tensors holding values in [0, 2^32): products split so
+// that nothing exceeds 2^49 (no signed overflow).
+at::Tensor shr(const at::Tensor& h, int k) { return at::div(h, int64_t(1) << k, "floor"); }
+at::Tensor mul32(const at::Tensor& h, uint32_t c) {
+  const int64_t cc = int64_t(c);
+  at::Tensor lo = at::bitwise_and(h, 0xFFFF), hi = shr(h, 16);
+  return at::bitwise_and(lo * cc + at::bitwise_and(hi * cc, 0xFFFF) * 65536, int64_t(0xFFFFFFFF));
+}
+at::Tensor fmix32(at::Tensor h) {
+  h = at::bitwise_xor(h, shr(h, 16));
+  h = mul32(h, kMix1);
+  h = at::bitwise_xor(h, shr(h, 13));
+  h = mul32(h, kMix2);
+  return at::bitwise_xor(h, shr(h, 16));
+}
+
+// U(-bound, bound) from the top 24 bits of a 32-bit hash.
+double to_uniform(uint32_t h, double bound) { return (double(h >> 8) * 0x1p-23 - 1.0) * bound; }
+
+}  // namespace
+
+const std::vector<std::string>& lora_target_names() {
+  static const std::vector<std::string> names = {"q", "k", "v", "o", "mlp", "head"};
+  return names;
+}
+
+std::vector<LoraSiteSpec> lora_sites(const ModelConfig& cfg, const std::vector<std::string>& targets, bool looping) {
+  for (const std::string& t : targets) {
+    const auto& n = lora_target_names();
+    if (std::find(n.begin(), n.end(), t) == n.end())
+      throw Error("ttt: unknown LoRA target '" + t + "' (expected some of q, k, v, o, mlp, head)");
+  }
+  auto has = [&](const char* t) { return std::find(targets.begin(), targets.end(), t) != targets.end(); };
+  const int64_t d = cfg.model_dim, kv = int64_t(cfg.num_kv_heads) * cfg.head_dim();
+  std::vector<LoraSiteSpec> out;
+  const size_t steps = cfg.layer_sequence(looping).size();
+  for (size_t s = 0; s < steps; ++s) {
+    const int st = int(s);
+    if (has("q")) out.push_back({lora_key(st, "q"), d, d});
+    if (has("k")) out.push_back({lora_key(st, "k"), d, kv});
+    if (has("v")) out.push_back({lora_key(st, "v"), d, kv});
+    if (has("o")) out.push_back({lora_key(st, "o_norm"), d, d});
+    if (has("mlp")) out.push_back({lora_key(st, "mlp"), d, d});
+  }
+  if (has("head")) out.push_back({"head", cfg.embed_dim(), cfg.vocab_size});
+  return out;
+}
+
+double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site, uint64_t i, double bound) {
+  return to_uniform(fmix32(row_hash(seed, row_key, site) + uint32_t(i) * kWeyl), bound);
+}
+
+BatchAdapters::BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int64_t rank, at::ScalarType dtype,
+                             const at::Device& device)
+    : sites_(std::move(sites)), rows_(rows), rank_(rank) {
+  int64_t total = 0;
+  for (const LoraSiteSpec& s : sites_) {
+    if (rank * s.in >= (int64_t(1) << 32)) throw Error("ttt: adapter " + s.key + " is too large");
+    offsets_.push_back(total);
+    total += rows * rank * (s.in + s.out);
+  }
+  c10::NoGradGuard no_grad;
+  params_ = at::zeros({total}, at::TensorOptions().dtype(dtype).device(device));
+  params_.set_requires_grad(true);
+}
+
+void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) {
+  if (int64_t(row_keys.size()) != rows_) throw Error("ttt: adapter reset with the wrong number of rows");
+  c10::NoGradGuard no_grad;
+  params_.zero_();
+  if (params_.grad().defined()) params_.mutable_grad().reset();
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(params_.device());
+  for (size_t k = 0; k < sites_.size(); ++k) {
+    const LoraSiteSpec& s = sites_[k];
+    const int64_t n = rank_ * s.in;
+    std::vector<int64_t> keys(row_keys.size());
+    for (size_t b = 0; b < row_keys.size(); ++b) keys[b] = int64_t(row_hash(seed, row_keys[b], s.key));
+    at::Tensor rowh = at::tensor(keys, at::kLong).to(params_.device()).view({rows_, 1});
+    at::Tensor h = fmix32(at::bitwise_and(rowh + mul32(at::arange(n, i64), kWeyl).view({1, n}), int64_t(0xFFFFFFFF)));
+    const double bound = 1.0 / std::sqrt(double(s.in));
+    at::Tensor u = (shr(h, 8).to(at::kDouble) * 0x1p-23 - 1.0) * bound;  // [rows, r * in]
+    params_.narrow(0, offsets_[k], rows_ * n).copy_(u.reshape({-1}));
+  }
+}
+
+LoraSet BatchAdapters::views() const {
+  LoraSet set;
+  for (size_t k = 0; k < sites_.size(); ++k) {
+    const LoraSiteSpec& s = sites_[k];
+    const int64_t na = rows_ * rank_ * s.in, nb = rows_ * s.out * rank_;
+    set.adapters[s.key] = {params_.narrow(0, offsets_[k], na).view({rows_, rank_, s.in}),
+                           params_.narrow(0, offsets_[k] + na, nb).view({rows_, s.out, rank_})};
+  }
+  return set;
+}
+
+LoraSet BatchAdapters::views(const std::vector<int64_t>& rows) const {
+  LoraSet set = views();
+  if (int64_t(rows.size()) == rows_) return set;
+  const bool contiguous = !rows.empty() && rows.back() - rows.front() + 1 == int64_t(rows.size());
+  const at::Tensor idx = contiguous ? at::Tensor() : at::tensor(rows, at::kLong).to(params_.device());
+  for (auto& [key, a] : set.adapters) {
+    a.A = contiguous ? a.A.narrow(0, rows.front(), int64_t(rows.size())) : a.A.index_select(0, idx);
+    a.B = contiguous ? a.B.narrow(0, rows.front(), int64_t(rows.size())) : a.B.index_select(0, idx);
+  }
+  return set;
+}
+
+}  // namespace pgolf

@@ -1,0 +1,66 @@
+// The LoRA adapters of one TTT batch: one adapter per batch row at every site
+// the TTT targets name, all held in one flat parameter buffer (one autograd
+// leaf: one gradient to read, one batched optimizer update).
+//
+// Initialisation as the reference's BatchedLinearLoRA.reset(): A ~ U(+-1/sqrt(in)),
+// B = 0. The uniform numbers come from a counter-based generator keyed by
+// (seed, row key, site, element): the row key is the document's index, so a
+// document's initial adapters do not depend on its batch, its row, the rank
+// or the device (the reference draws them from the global RNG in row order).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/gpt.h"
+
+namespace pgolf {
+
+// TTT target names (CLI --targets) and the model sites they adapt:
+//   q, k, v -> "q", "k", "v" of every unrolled step;  o -> "o_norm" (0410's O
+//   adapter, reading the block's normed input);  mlp -> "mlp";  head -> "head".
+const std::vector<std::string>& lora_target_names();
+
+struct LoraSiteSpec {
+  std::string key;  // ForwardOptions / LoraSet key (lora_key(step, site) or "head")
+  int64_t in = 0, out = 0;
+};
+
+// Sites for `targets` on a model with this config (looping: the layer
+// sequence forward_nll runs). Throws pgolf::Error on an unknown target.
+std::vector<LoraSiteSpec> lora_sites(const ModelConfig& cfg, const std::vector<std::string>& targets,
+                                     bool looping = true);
+
+// The generator: U(-bound, bound) value of element i of the A matrix of
+// (seed, row_key, site) -- what BatchAdapters::reset writes, as a host
+// function (tests compare against it).
+double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site, uint64_t i, double bound);
+
+class BatchAdapters {
+ public:
+  // rows adapters of rank r per site; dtype float32 or float64.
+  BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int64_t rank, at::ScalarType dtype,
+                const at::Device& device);
+
+  int64_t rows() const { return rows_; }
+  int64_t rank() const { return rank_; }
+  // A of row b from (seed, row_keys[b], site), B = 0; the gradient is cleared.
+  void reset(uint64_t seed, const std::vector<uint64_t>& row_keys);
+  // Views into the buffer, one LoraAdapter per site: A [rows, r, in], B [rows, out, r].
+  LoraSet views() const;
+  // The same for a subset of rows (ascending): views when they are
+  // contiguous, copies (still differentiable) otherwise.
+  LoraSet views(const std::vector<int64_t>& rows) const;
+  // The flat leaf [total] (requires grad): the optimizer updates it in place.
+  at::Tensor& params() { return params_; }
+
+ private:
+  std::vector<LoraSiteSpec> sites_;
+  int64_t rows_, rank_;
+  std::vector<int64_t> offsets_;  // per site: where its A starts; B follows A
+  at::Tensor params_;
+};
+
+}  // namespace pgolf

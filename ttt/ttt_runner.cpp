@@ -1,0 +1,301 @@
+#include "ttt/ttt_runner.h"
+
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "data/byte_counter.h"
+#include "data/error.h"
+#include "model/pch.h"
+#include "ttt/adam.h"
+#include "ttt/lora_adapters.h"
+
+namespace pgolf {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// One step's forward over its active rows (the batch rows whose document has
+// this chunk; the reference also runs the finished rows, on padding, and
+// discards them): inputs / targets [n, width] int64, right-padded with token 0
+// as the reference pads, score mask [n, width] bool.
+struct StepTensors {
+  at::Tensor inputs, targets, mask;
+};
+
+StepTensors step_tensors(const std::vector<uint16_t>& tok, const TttStep& st, const std::vector<int64_t>& active,
+                         const at::Device& dev) {
+  const int64_t n = int64_t(active.size()), W = int64_t(st.width);
+  at::Tensor in = at::zeros({n, W}, at::kLong), tg = at::zeros({n, W}, at::kLong), m = at::zeros({n, W}, at::kBool);
+  auto pi = in.accessor<int64_t, 2>(), pt = tg.accessor<int64_t, 2>();
+  auto pm = m.accessor<bool, 2>();
+  for (int64_t b = 0; b < n; ++b) {
+    const TttChunk& ch = *st.rows[size_t(active[size_t(b)])];
+    for (uint64_t j = 0; j < ch.input_len(); ++j) {
+      pi[b][int64_t(j)] = tok[ch.context_begin + j];
+      pt[b][int64_t(j)] = tok[ch.context_begin + j + 1];
+      pm[b][int64_t(j)] = j >= ch.score_offset();
+    }
+  }
+  return {in.to(dev), tg.to(dev), m.to(dev)};
+}
+
+// Adds one step's scores (nll, base: [active rows, width] float64 on the
+// CPU; base undefined when not computed) to the result.
+void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& active, const std::vector<uint16_t>& tok,
+                const ByteCounter& bc, const at::Tensor& nll, const at::Tensor& base) {
+  auto pn = nll.accessor<double, 2>();
+  const bool has_base = base.defined();
+  at::Tensor b0 = has_base ? base : nll;
+  auto pb = b0.accessor<double, 2>();
+  const bool record = !r.target_times.empty();
+  for (size_t b = 0; b < active.size(); ++b) {
+    const TttChunk& ch = *st.rows[size_t(active[b])];
+    TttChunkTotals ct{ch.doc, ch.index, ch.target_begin, uint32_t(ch.num_targets()), 0, 0.0, 0.0};
+    for (uint64_t j = ch.score_offset(); j < ch.input_len(); ++j) {
+      const uint64_t t = ch.context_begin + j + 1;  // target position: predicts tok[t] after tok[t - 1]
+      const double v = pn[int64_t(b)][int64_t(j)], v0 = has_base ? pb[int64_t(b)][int64_t(j)] : kNaN;
+      const uint32_t nb = bc.bytes(tok[t - 1], tok[t]);
+      ct.nll += v;
+      ct.base_nll += v0;
+      ct.bytes += nb;
+      if (record) {
+        r.target_nll[t] = v;
+        r.target_base_nll[t] = v0;
+        r.target_times[t] += 1;
+      }
+    }
+    DocumentTotals& d = r.docs[ch.doc];
+    d.nll += ct.nll;
+    d.bytes += ct.bytes;
+    d.targets += ct.targets;
+    if (has_base) {
+      DocumentTotals& db = r.base_docs[ch.doc];
+      db.nll += ct.base_nll;
+      db.bytes += ct.bytes;
+      db.targets += ct.targets;
+      r.base_nll_sum += ct.base_nll;
+    }
+    r.nll_sum += ct.nll;
+    r.bytes += ct.bytes;
+    r.targets += ct.targets;
+    r.chunks.push_back(ct);
+  }
+}
+
+// The training loss: the sum over the rows with a next chunk of each row's
+// mean NLL over the C train columns (the reference's per_doc * mask sum).
+at::Tensor train_loss(const at::Tensor& nll, const at::Tensor& train_rows, const TttStep& st, uint32_t chunk) {
+  return nll.index_select(0, train_rows).narrow(1, int64_t(st.train_offset), int64_t(chunk)).mean(1).sum();
+}
+
+double stderr_of(double nll_sum, uint64_t bytes, const std::vector<DocumentTotals>& docs) {
+  EvalResult e;
+  e.nll_sum = nll_sum;
+  e.bytes = bytes;
+  e.docs = docs;
+  return e.bpb_stderr();
+}
+
+}  // namespace
+
+TttOptions TttOptions::from_recipe(const std::string& name) {
+  TttOptions o;  // the defaults are lora-0317
+  if (name == "lora-0317") return o;
+  if (name != "varlen-0410") throw Error("ttt: unknown recipe '" + name + "' (expected lora-0317 or varlen-0410)");
+  o.recipe = name;
+  o.lora_rank = 96;                                          // TTT_LORA_RANK
+  o.targets = {"q", "k", "v", "o", "mlp", "head"};           // TTT_K_LORA / TTT_O_LORA / TTT_MLP_LORA = 1
+  o.lr = 1e-4;                                               // TTT_LORA_LR
+  o.beta1 = 0.0;                                             // TTT_BETA1
+  o.beta2 = 0.999;                                           // TTT_BETA2
+  o.eps = 1e-10;                                             // AdamW(eps=1e-10)
+  o.weight_decay = 0.5;                                      // TTT_WEIGHT_DECAY
+  o.adamw = true;                                            // torch.optim.AdamW
+  o.grad_steps = 1;                                          // TTT_GRAD_STEPS
+  o.chunk = 64;                                              // TTT_CHUNK_SIZE
+  o.context = 2048;                                          // TTT_EVAL_SEQ_LEN
+  o.batch_docs = 64;                                         // TTT_BATCH_SIZE
+  o.trim = 2048;                                             // EVAL_SEQ_LEN (load_validation_tokens)
+  o.split = TttSchedule::Split::GlobalQueue;
+  return o;
+}
+
+void TttOptions::validate() const {
+  auto bad = [](const std::string& what) { throw Error("ttt: " + what); };
+  if (lora_rank < 1) bad("the LoRA rank must be >= 1, got " + std::to_string(lora_rank));
+  if (chunk < 1) bad("the chunk size must be >= 1, got 0");
+  if (context < 1) bad("the context length must be >= 1, got 0");
+  if (chunk > context)
+    bad("chunk size " + std::to_string(chunk) + " exceeds the context length " + std::to_string(context));
+  if (batch_docs < 1) bad("the batch size must be >= 1 document, got 0");
+  if (grad_steps < 1) bad("grad steps must be >= 1, got 0");
+  if (!(lr >= 0) || !std::isfinite(lr)) bad("the learning rate must be a finite number >= 0");
+  if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1)) bad("betas must be in [0, 1)");
+  if (!(eps > 0)) bad("eps must be > 0");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad("weight decay must be a finite number >= 0");
+  if (targets.empty()) bad("no LoRA targets");
+  for (const std::string& t : targets) {
+    const auto& n = lora_target_names();
+    if (std::find(n.begin(), n.end(), t) == n.end())
+      bad("unknown LoRA target '" + t + "' (expected some of q, k, v, o, mlp, head)");
+  }
+  if (world < 1 || rank < 0 || rank >= world) bad("rank " + std::to_string(rank) + " outside a world of " + std::to_string(world));
+}
+
+double TttResult::bpb() const { return bytes ? nll_sum / std::log(2.0) / double(bytes) : 0.0; }
+double TttResult::base_bpb() const { return bytes && has_base ? base_nll_sum / std::log(2.0) / double(bytes) : kNaN; }
+double TttResult::bpb_stderr() const { return stderr_of(nll_sum, bytes, docs); }
+
+double TttResult::gain_stderr() const {
+  if (!has_base) return kNaN;
+  std::vector<DocumentTotals> diff(docs.size());
+  for (size_t i = 0; i < docs.size(); ++i) diff[i] = {docs[i].nll - base_docs[i].nll, docs[i].bytes, docs[i].targets};
+  return stderr_of(nll_sum - base_nll_sum, bytes, diff);
+}
+
+void TttResult::add(const TttResult& o) {
+  nll_sum += o.nll_sum;
+  base_nll_sum += o.base_nll_sum;
+  targets += o.targets;
+  bytes += o.bytes;
+  batches += o.batches;
+  steps += o.steps;
+  updates += o.updates;
+  tokens_in += o.tokens_in;
+  auto add_docs = [](std::vector<DocumentTotals>& a, const std::vector<DocumentTotals>& b) {
+    if (a.size() < b.size()) a.resize(b.size());
+    for (size_t i = 0; i < b.size(); ++i) {
+      a[i].nll += b[i].nll;
+      a[i].bytes += b[i].bytes;
+      a[i].targets += b[i].targets;
+    }
+  };
+  add_docs(docs, o.docs);
+  add_docs(base_docs, o.base_docs);
+  chunks.insert(chunks.end(), o.chunks.begin(), o.chunks.end());
+  if (target_times.size() == o.target_times.size())
+    for (size_t i = 0; i < target_times.size(); ++i)
+      if (o.target_times[i]) {
+        target_nll[i] = o.target_nll[i];
+        target_base_nll[i] = o.target_base_nll[i];
+        target_times[i] += o.target_times[i];
+      }
+}
+
+uint64_t ttt_used_tokens(const std::vector<uint16_t>& tokens, const TttOptions& o) {
+  uint64_t n = tokens.size();
+  if (o.trim > 0) {
+    const uint64_t rows = n == 0 ? 0 : (n - 1) / o.trim;
+    if (rows == 0)
+      throw Error("ttt: " + std::to_string(n) + " tokens hold no full row of " + std::to_string(o.trim) + " to trim to");
+    n = rows * o.trim + 1;
+  }
+  if (o.max_docs > 0) {
+    // Keep through the BOS that starts document max_docs + 1: the last kept
+    // document ends with it as its last target, as in the full stream.
+    uint64_t seen = 0;
+    for (uint64_t i = 0; i < n; ++i)
+      if (tokens[i] == o.bos_id && seen++ == o.max_docs) return i + 1;
+  }
+  return n;
+}
+
+TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, const ByteCounter& bc,
+                  const TttOptions& o) {
+  o.validate();
+  const ModelConfig& cfg = w.config;
+  if (bc.size() < size_t(cfg.vocab_size))
+    throw Error("ttt: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
+                std::to_string(cfg.vocab_size));
+  const uint64_t n = ttt_used_tokens(tokens, o);
+  const TttPlan plan = make_ttt_plan(tokens.data(), n, o.bos_id, o.chunk, o.context, o.batch_docs, o.rank, o.world,
+                                     TttSchedule{o.split, 0});
+  const std::vector<LoraSiteSpec> sites = lora_sites(cfg, o.targets);
+  const at::Device device = w.get("tok_emb.weight").device();
+  const at::ScalarType param_type = o.precision == Precision::F64 ? at::kDouble : at::kFloat;
+  FlatAdam adam(AdamConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.adamw});
+  std::unique_ptr<BatchAdapters> adapters;  // reused while the batch size stays
+
+  TttResult r;
+  r.used_tokens = n;
+  r.num_docs = plan.docs.size();
+  r.has_base = o.base;
+  r.docs.resize(plan.docs.size());
+  r.base_docs.resize(plan.docs.size());
+  if (o.record_targets) {
+    r.target_nll.assign(n, kNaN);
+    r.target_base_nll.assign(n, kNaN);
+    r.target_times.assign(n, 0);
+  }
+  const uint64_t to_score = plan.rank_targets();
+
+  for (const TttBatch& batch : plan.batches) {
+    const int64_t B = int64_t(batch.docs.size());
+    if (!adapters || adapters->rows() != B)
+      adapters = std::make_unique<BatchAdapters>(sites, B, o.lora_rank, param_type, device);
+    adapters->reset(o.seed, std::vector<uint64_t>(batch.docs.begin(), batch.docs.end()));
+    adam.reset(adapters->params());
+    ++r.batches;
+    for (uint32_t s = 0; s < batch.num_steps; ++s) {
+      const TttStep st = step_at(plan, batch, s);
+      std::vector<int64_t> active;
+      for (size_t b = 0; b < st.rows.size(); ++b)
+        if (st.rows[b]) active.push_back(int64_t(b));
+      const StepTensors in = step_tensors(tokens, st, active, device);
+      ForwardOptions fo;
+      fo.precision = o.precision;
+      fo.score_mask = in.mask;
+      LoraSet lora = adapters->views(active);
+      fo.lora = &lora;
+      at::Tensor nll;  // [active rows, width]: NLL at the scored positions, 0 elsewhere
+      {
+        c10::AutoGradMode grad(st.update);  // the graph is kept only when a step follows
+        nll = forward_nll(w, in.inputs, in.targets, fo);
+      }
+      // Score first: these numbers are final before the adapters move.
+      const at::Tensor got = nll.detach().to(at::kCPU).to(at::kDouble);
+      at::Tensor base;
+      if (o.base && s == 0) {
+        base = got;  // fresh adapters (B = 0) add exactly zero
+      } else if (o.base) {
+        // Same grad mode as the TTT forward, so the same kernels run (the
+        // fused CUDA ones only without it); nothing requires grad here.
+        c10::AutoGradMode grad(st.update);
+        ForwardOptions plain = fo;
+        plain.lora = nullptr;
+        base = forward_nll(w, in.inputs, in.targets, plain).to(at::kCPU).to(at::kDouble);
+      }
+      accumulate(r, st, active, tokens, bc, got, base);
+      ++r.steps;
+      r.tokens_in += active.size() * st.width;
+      if (st.update) {
+        std::vector<int64_t> rows;  // positions in `active` of the rows with a next chunk
+        for (size_t k = 0; k < active.size(); ++k)
+          if (!st.rows[size_t(active[k])]->last) rows.push_back(int64_t(k));
+        const at::Tensor train_rows = at::tensor(rows, at::kLong).to(device);
+        for (uint32_t g = 0; g < o.grad_steps; ++g) {
+          c10::AutoGradMode grad(true);
+          if (g > 0) {  // more steps on the same window (TTT_GRAD_STEPS)
+            lora = adapters->views(active);
+            nll = forward_nll(w, in.inputs, in.targets, fo);
+          }
+          train_loss(nll, train_rows, st, o.chunk).backward();
+          nll = at::Tensor();  // frees the graph's activations before the update
+          at::Tensor& p = adapters->params();
+          adam.step(p, p.grad());
+          p.mutable_grad().reset();
+          ++r.updates;
+        }
+      }
+      if (o.progress) o.progress(r.targets, to_score);
+    }
+  }
+  return r;
+}
+
+}  // namespace pgolf
