@@ -33,14 +33,20 @@ FitResult quantize_to_fit(const GptWeights& w, const QuantizeOptions& o, const A
   auto t0 = clock::now();
   f.results = quantize_tensors(w, f.plans, o);
   f.quantize_seconds += seconds_since(t0);
-  auto encode = [&]() {
+  // While fitting, sections are entropy-coded only (fast; `auto` only ever
+  // picks something smaller, so a fit found this way still fits); the final
+  // write uses the caller's options.
+  ArtifactWriteOptions fast = wo;
+  fast.values = ValueCoding::Entropy;
+  auto encode = [&](const ArtifactWriteOptions& opts) {
     const auto e0 = clock::now();
     f.artifact = build_artifact(w, f.plans, f.results, o);
-    f.bytes = encode_artifact(f.artifact, wo, &f.layout);
+    f.bytes = encode_artifact(f.artifact, opts, &f.layout);
     f.encode_seconds += seconds_since(e0);
     f.fits = artifact_cap == 0 || f.bytes.size() <= artifact_cap;
   };
-  encode();
+  encode(fit ? fast : wo);
+  if (f.fits && fit && wo.values != fast.values) encode(wo);
   std::map<std::pair<std::string, int>, TensorResult> trials;  // (name, bits) -> that tensor at those bits
   while (!f.fits && fit) {
     // Candidates: each group one bit lower.
@@ -83,10 +89,11 @@ FitResult quantize_to_fit(const GptWeights& w, const QuantizeOptions& o, const A
       p.bits -= 1;
       f.results[p.name] = trials.at({p.name, p.bits});
     }
-    encode();
+    encode(fast);
     f.steps.push_back({best, from + "->" + to, best_err, best_bytes, f.bytes.size()});
     if (o.log) o.log("fit: " + best + " " + from + "->" + to + " bits: " + std::to_string(f.bytes.size()) + " bytes");
   }
+  if (fit && !f.steps.empty() && wo.values != fast.values) encode(wo);
   return f;
 }
 

@@ -11,6 +11,7 @@
 #include "model/checkpoint.h"
 #include "model/pch.h"
 #include "quant/artifact.h"
+#include "quant/codec.h"
 #include "quant/model_files.h"
 #include "quant/size_budget.h"
 
@@ -32,7 +33,25 @@ struct Row {
 
 // A pgolf artifact: per tensor its bits, coding, raw and stored bytes, the
 // order-0 entropy floor of its values; totals against the cap.
-void inspect_artifact(const std::string& path, bool json, uint64_t cap, const std::vector<std::string>& code) {
+// The same values in the reference's layout (SPEC §11): int8 bytes per value,
+// fp16 scales, raw tensors as stored, concatenated in tensor order (the
+// pickle's framing, a few KB, left out), byte-shuffled at stride 2, brotli
+// quality 11. What pgolf's format is measured against.
+uint64_t reference_layout_bytes(const quant::Artifact& a) {
+  std::string raw;
+  for (const quant::ArtifactTensor& t : a.tensors) {
+    if (t.kind == quant::ArtifactTensor::Kind::Quantized) {
+      raw.append(reinterpret_cast<const char*>(t.values.data()), t.values.size());
+      raw.append(reinterpret_cast<const char*>(t.scales.data()), t.scales.size() * 2);
+    } else {
+      raw += t.data;
+    }
+  }
+  return quant::compress(quant::byte_shuffle(raw, 2), quant::Codec::Brotli).size();
+}
+
+void inspect_artifact(const std::string& path, bool json, uint64_t cap, const std::vector<std::string>& code,
+                      bool reference_layout) {
   quant::ArtifactLayout layout;
   const quant::Artifact a = quant::load_artifact(path, &layout);
   quant::SizeBudget budget;
@@ -68,6 +87,13 @@ void inspect_artifact(const std::string& path, bool json, uint64_t cap, const st
                cap ? quant::with_commas(cap).c_str() : "none",
                budget.fits() ? ("fits, " + quant::with_commas(uint64_t(budget.headroom())) + " bytes to spare").c_str()
                              : ("over by " + quant::with_commas(uint64_t(-budget.headroom())) + " bytes").c_str());
+  uint64_t ref_bytes = 0;
+  if (reference_layout) {
+    ref_bytes = reference_layout_bytes(a);
+    std::fprintf(stderr, "reference layout (int8 values + fp16 scales, BSHF, brotli-11): %s bytes; pgolf %s bytes = %.2f%% smaller\n",
+                 quant::with_commas(ref_bytes).c_str(), quant::with_commas(layout.file_bytes).c_str(),
+                 100.0 * (1.0 - double(layout.file_bytes) / double(ref_bytes)));
+  }
   if (json) {
     nlohmann::json cfg = nlohmann::json::parse(a.config_json, nullptr, false);
     nlohmann::json meta = nlohmann::json::parse(a.meta_json, nullptr, false);
@@ -78,13 +104,15 @@ void inspect_artifact(const std::string& path, bool json, uint64_t cap, const st
                         {"tokenizer_fingerprint", a.tokenizer_fingerprint},
                         {"config", cfg.is_discarded() ? nlohmann::json(a.config_json) : cfg},
                         {"meta", meta.is_discarded() ? nlohmann::json(a.meta_json) : meta}};
+    if (reference_layout) j["reference_layout_bytes"] = ref_bytes;
     std::printf("%s\n", j.dump().c_str());
   }
 }
 
-void run_inspect(const std::string& path, bool json, uint64_t cap, const std::vector<std::string>& code) {
+void run_inspect(const std::string& path, bool json, uint64_t cap, const std::vector<std::string>& code,
+                 bool reference_layout) {
   const ModelFileKind kind = detect_model_file(path);
-  if (kind == ModelFileKind::Artifact) return inspect_artifact(path, json, cap, code);
+  if (kind == ModelFileKind::Artifact) return inspect_artifact(path, json, cap, code, reference_layout);
   std::vector<Row> rows;
   std::string config_json, notes;
   if (kind == ModelFileKind::Checkpoint) {
@@ -134,6 +162,7 @@ void register_inspect_command(CLI::App& app) {
     bool json = false;
     uint64_t cap = quant::kDefaultCap;
     std::vector<std::string> code;
+    bool reference_layout = false;
   };
   auto a = std::make_shared<Args>();
   CLI::App* ins =
@@ -144,7 +173,9 @@ void register_inspect_command(CLI::App& app) {
   ins->add_flag("--json", a->json, "print one JSON object on stdout");
   ins->add_option("--cap", a->cap, "artifacts: the size cap in bytes (0 = none)")->capture_default_str();
   ins->add_option("--code", a->code, "artifacts: code files counted against the cap, byte for byte as given");
-  ins->callback([a]() { run_inspect(a->file, a->json, a->cap, a->code); });
+  ins->add_flag("--reference-layout", a->reference_layout,
+                "artifacts: also size the same values in the reference's layout (int8 + BSHF + brotli-11; slow)");
+  ins->callback([a]() { run_inspect(a->file, a->json, a->cap, a->code, a->reference_layout); });
 }
 
 }  // namespace pgolf
