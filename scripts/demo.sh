@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 VAL_DOCS=${VAL_DOCS:-100}      # documents scored (the first of the shuffled corpus)
 VOCAB=${VOCAB:-1024}
 STEPS=${STEPS:-300}
+TTT_DOCS=${TTT_DOCS:-20}       # documents for the TTT row (score-first LoRA is ~30x the cost of standard eval)
 D=build/demo
 t0=$EPOCHREALTIME
 bash scripts/install-deps.sh
@@ -34,6 +35,7 @@ EV=(--model $D/model.h5 --val "$D/shards/fineweb_val_*.bin" --tokenizer $D/tok$V
 std=$($PG eval "${EV[@]}" 2>>"$LOG")
 sw=$($PG eval "${EV[@]}" --stride 64 2>>"$LOG")
 swd=$($PG eval "${EV[@]}" --stride 64 --doc-mask 2>>"$LOG")
+ttt=$($PG ttt "${EV[@]}" --recipe lora-0317 --context 256 --chunk 128 --max-docs "$TTT_DOCS" 2>>"$LOG")
 
 echo
 echo "demo: $VAL_DOCS validation documents, $(j "$bytes" targets) targets, $(j "$bytes" bytes) bytes (raw UTF-8 $(j "$bytes" raw_utf8_bytes))"
@@ -43,5 +45,8 @@ for row in "standard (L=256)|$std" "sliding (L=256, S=64)|$sw" "sliding + docume
   name=${row%%|*}; r=${row#*|}
   printf '%-34s %9.4f %9.4f %12d %9.1f\n' "$name" "$(j "$r" bpb)" "$(j "$r" bpb_stderr)" "$(j "$r" targets)" "$(j "$r" seconds)"
 done
+printf '%-34s %9.4f %9.4f %12d %9.1f\n' "TTT lora-0317 (first $TTT_DOCS docs)" "$(j "$ttt" bpb)" "$(j "$ttt" bpb_stderr)" \
+  "$(j "$ttt" targets)" "$(j "$ttt" seconds)"
+printf '%-34s %9.4f %9s %12d\n' "  same $TTT_DOCS docs without TTT" "$(j "$ttt" bpb_base)" "" "$(j "$ttt" targets)"
 echo "(training and evaluation logs: $LOG)"
 echo "fetch ${t_fetch}s | tokenizer + shards ${t_data}s | training ${t_train}s | total $(secs "$t0")s"
