@@ -7,10 +7,15 @@
 # layout, and run lora-0317 TTT. Prints a table last; JSON lands in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-O=${OUT:-/tmp}
+# Results collect in one folder and come back as one tarball (the machine returns
+# only a limited number of files from $OUT), also when a step fails or times out.
+O=/tmp/pgolf-out
+rm -rf "$O" && mkdir -p "$O"
+trap 'exit 143' TERM INT
+trap 'tar czf "${OUT:-/tmp}/results.tgz" -C "$O" . 2>/dev/null || true' EXIT
 B=${BUILD_DIR:-build-gpu}
 C=$PWD/.carry
-QUICK=1 bash scripts/gpu_build.sh >"$O/gpu_build.txt" 2>&1 || { tail -40 "$O/gpu_build.txt"; exit 1; }
+OUT=$O QUICK=1 bash scripts/gpu_build.sh >"$O/gpu_build.txt" 2>&1 || { tail -40 "$O/gpu_build.txt"; exit 1; }
 tail -32 "$O/gpu_build.txt"
 P="$B/pgolf"
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
