@@ -41,11 +41,6 @@ struct Ctx {
     if (tap && *tap) (*tap)(n, xs);
     return at::linear(xs, mm_weight(n));
   }
-  // F.rms_norm over the last dim (no weight), result in the math type.
-  at::Tensor rms(const at::Tensor& x) const {
-    at::Tensor xf = up(x);
-    return xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
-  }
   double ln_factor(int layer) const { return cfg.ln_scale ? 1.0 / std::sqrt(double(layer + 1)) : 1.0; }
   const LoraAdapter* adapter(const std::string& key) const {
     if (!lora) return nullptr;

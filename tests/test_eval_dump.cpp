@@ -213,21 +213,9 @@ struct Stream {
   ByteCounter bc{{0, 0, 0, 0}, {0, 0, 0, 0}, {1, 1, 1, 1}};
   TempDir dir;
   Stream() {
-    std::mt19937 rng(7);
-    tok = {9, 14, 22};  // starts mid-document: targets before the first BOS
-    while (tok.size() < 230) {
-      tok.push_back(1);
-      const int len = 3 + int(rng() % 40);
-      for (int i = 0; i < len; ++i) tok.push_back(uint16_t(4 + rng() % (cfg.vocab_size - 4)));
-    }
-    tok.resize(230);
-    std::vector<uint8_t> base(cfg.vocab_size), space(cfg.vocab_size), boundary(cfg.vocab_size);
-    for (int id = 0; id < cfg.vocab_size; ++id) {
-      boundary[id] = id < 4;
-      base[id] = id < 4 ? 0 : uint8_t(1 + id % 4);
-      space[id] = id >= 4 && id % 3 == 0;
-    }
-    bc = ByteCounter(base, space, boundary);
+    // starts mid-document: targets before the first BOS
+    tok = synthetic_bos_stream({9, 14, 22}, 230, cfg.vocab_size, 7);
+    bc = synthetic_byte_counter(cfg.vocab_size);
     write_shard(dir / "fineweb_val_000000.bin", tok);
   }
 };

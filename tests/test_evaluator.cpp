@@ -22,23 +22,9 @@ struct Fixture {
   ByteCounter bc{{0, 0, 0, 0}, {0, 0, 0, 0}, {1, 1, 1, 1}};
   TempDir dir;
   Fixture() {
-    std::mt19937 rng(5);
     // Documents of random length, each starting with BOS (id 1); the stream starts mid-document.
-    tok = {9, 14};
-    while (tok.size() < 203) {
-      tok.push_back(1);
-      const int len = 3 + int(rng() % 40);
-      for (int i = 0; i < len; ++i) tok.push_back(uint16_t(4 + rng() % (cfg.vocab_size - 4)));
-    }
-    tok.resize(203);
-    // Byte tables: ids 0-3 boundaries, others 1-4 bytes, every third with a leading space.
-    std::vector<uint8_t> base(cfg.vocab_size), space(cfg.vocab_size), boundary(cfg.vocab_size);
-    for (int id = 0; id < cfg.vocab_size; ++id) {
-      boundary[id] = id < 4;
-      base[id] = id < 4 ? 0 : uint8_t(1 + id % 4);
-      space[id] = id >= 4 && id % 3 == 0;
-    }
-    bc = ByteCounter(base, space, boundary);
+    tok = synthetic_bos_stream({9, 14}, 203, cfg.vocab_size, 5);
+    bc = synthetic_byte_counter(cfg.vocab_size);
     write_shard(dir / "fineweb_val_000000.bin", tok);
   }
   // Sum of NLL and bytes over windows given by (start, len, score_from), with

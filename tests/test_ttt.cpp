@@ -25,17 +25,6 @@ namespace {
 
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
-ByteCounter tiny_bytes(int vocab) {
-  // ids 0-3 boundaries, others 1-4 bytes, every third with a leading space.
-  std::vector<uint8_t> base(vocab), space(vocab), boundary(vocab);
-  for (int id = 0; id < vocab; ++id) {
-    boundary[id] = id < 4;
-    base[id] = id < 4 ? 0 : uint8_t(1 + id % 4);
-    space[id] = id >= 4 && id % 3 == 0;
-  }
-  return ByteCounter(base, space, boundary);
-}
-
 // Two leading tokens, then documents [BOS, 1..len tokens] of random lengths.
 std::vector<uint16_t> doc_stream(int vocab, int docs, int min_len, int max_len, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -51,7 +40,7 @@ std::vector<uint16_t> doc_stream(int vocab, int docs, int min_len, int max_len, 
 struct Fixture {
   ModelConfig cfg = tiny_config();
   GptWeights w64 = random_weights(cfg, 41), w32 = to_float(w64);
-  ByteCounter bc = tiny_bytes(cfg.vocab_size);
+  ByteCounter bc = synthetic_byte_counter(cfg.vocab_size);
   std::vector<uint16_t> tok = doc_stream(cfg.vocab_size, 9, 3, 26, 7);
 
   static GptWeights to_float(GptWeights w) {

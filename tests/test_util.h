@@ -5,11 +5,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <sys/stat.h>
 #include <vector>
 
 #include "data/atomic_file.h"
+#include "data/byte_counter.h"
 #include "data/error.h"
 
 namespace pgolf::test {
@@ -70,5 +72,32 @@ class TempDir {
 
 std::vector<std::string> list_dir(const std::string& dir);
 inline std::vector<std::string> TempDir::list() const { return list_dir(path_); }
+
+
+// Byte tables for synthetic vocabularies: ids 0-3 are boundaries (no bytes),
+// the others 1-4 bytes, every third with a leading space.
+inline ByteCounter synthetic_byte_counter(int vocab) {
+  std::vector<uint8_t> base(vocab), space(vocab), boundary(vocab);
+  for (int id = 0; id < vocab; ++id) {
+    boundary[id] = id < 4;
+    base[id] = id < 4 ? 0 : uint8_t(1 + id % 4);
+    space[id] = id >= 4 && id % 3 == 0;
+  }
+  return ByteCounter(base, space, boundary);
+}
+
+// `prefix` (tokens before the first BOS), then documents [BOS, 3..42 random
+// ids >= 4] until n tokens; the last document is cut at n.
+inline std::vector<uint16_t> synthetic_bos_stream(std::vector<uint16_t> prefix, size_t n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint16_t> tok = std::move(prefix);
+  while (tok.size() < n) {
+    tok.push_back(1);
+    const int len = 3 + int(rng() % 40);
+    for (int i = 0; i < len; ++i) tok.push_back(uint16_t(4 + rng() % (vocab - 4)));
+  }
+  tok.resize(n);
+  return tok;
+}
 
 }  // namespace pgolf::test
