@@ -15,9 +15,20 @@ trap 'exit 143' TERM INT
 trap 'tar czf "${OUT:-/tmp}/results.tgz" -C "$O" . 2>/dev/null || true' EXIT
 B=${BUILD_DIR:-build-gpu}
 C=$PWD/.carry
-OUT=$O QUICK=1 bash scripts/gpu_build.sh >"$O/gpu_build.txt" 2>&1 || { tail -40 "$O/gpu_build.txt"; exit 1; }
-tail -32 "$O/gpu_build.txt"
+# SKIP_BUILD=1: the machine is still warm from a call that built $B.
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  OUT=$O QUICK=1 bash scripts/gpu_build.sh >"$O/gpu_build.txt" 2>&1 || { tail -40 "$O/gpu_build.txt"; exit 1; }
+  tail -32 "$O/gpu_build.txt"
+fi
 P="$B/pgolf"
+# DEMO=1: regenerate the demo's shipped artifact (scripts/make-demo-model.sh) and stop.
+if [ "${DEMO:-0}" = 1 ]; then
+  PG=$P CACHE=$C/cache WORK=/tmp/demo-model bash scripts/make-demo-model.sh model 2>"$O/demo_model.log" ||
+    { tail -30 "$O/demo_model.log"; exit 1; }
+  grep -E "step|val_bpb" "$O/demo_model.log" | tail -12
+  cp demo/model.pgz demo/model.json "${OUT:-/tmp}/"
+  exit 0
+fi
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
 TRAIN="$C/shared/data/corpus/fineweb_train_*.bin"
 S=${TRAIN_SECONDS:-170}
@@ -38,6 +49,7 @@ done
 tail -12 "$O/quant_gptq.log"
 "$P" inspect /tmp/base_gptq.pgz --reference-layout --json >"$O/inspect_gptq.json" 2>"$O/inspect_gptq.log"
 tail -4 "$O/inspect_gptq.log"
+cp /tmp/base_gptq.pgz "${OUT:-/tmp}/"   # for offline study of the value coding
 "$P" ttt --model /tmp/base.h5 --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --json --quiet \
   >"$O/ttt0.json" 2>"$O/ttt0.log" || tail -20 "$O/ttt0.log"
 t1=$EPOCHREALTIME
