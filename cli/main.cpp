@@ -7,6 +7,7 @@
 
 #include "cli/command.h"
 #include "data/error.h"
+#include "model/distributed.h"
 
 int main(int argc, char** argv) {
   // Tensors of tens of MB are allocated and freed every step; keep them in the
@@ -23,19 +24,25 @@ int main(int argc, char** argv) {
   pgolf::register_model_commands(app);
   pgolf::register_inspect_command(app);
   pgolf::register_quantize_command(app);
+  pgolf::register_export_command(app);
   pgolf::register_train_command(app);
   pgolf::register_ttt_command(app);
+  // In a multi-rank job (model/distributed.h) an error stops every rank:
+  // abort_ranks tells the others and exits; finish_ranks is the orderly end.
   try {
     app.parse(argc, argv);
+    pgolf::finish_ranks();
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const pgolf::Error& e) {
     std::string msg = e.what();  // one line, whatever the library said
     for (char& c : msg) if (c == '\n' || c == '\r') c = ' ';
-    std::fprintf(stderr, "pgolf: error: %s\n", msg.c_str());
+    std::fprintf(stderr, "pgolf: error: %s%s\n", pgolf::rank_label().c_str(), msg.c_str());
+    pgolf::abort_ranks(msg, 1);
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "pgolf: internal error: %s\n", e.what());
+    std::fprintf(stderr, "pgolf: internal error: %s%s\n", pgolf::rank_label().c_str(), e.what());
+    pgolf::abort_ranks(e.what(), 3);
     return 3;
   }
   return 0;

@@ -12,6 +12,7 @@
 #include "data/token_stream.h"
 #include "data/tokenizer.h"
 #include "eval/evaluator.h"
+#include "model/distributed.h"
 #include "model/model_io.h"
 #include "model/pch.h"
 #include "model/runtime.h"
@@ -30,16 +31,28 @@ struct TrainArgs {
   bool json = false;
 };
 
+// Validation bpb, sharded over the ranks like `pgolf eval` (every rank calls it).
 EvalResult validate(const GptWeights& w, const TokenStream& val, const ByteCounter& bc, Precision p, uint16_t bos) {
   EvalOptions eo;
   eo.seq_len = uint32_t(w.config.train_seq_len);
   eo.precision = p;
   eo.bos_id = bos;
   eo.batch_tokens = 8 * uint64_t(eo.seq_len);
-  return evaluate(w, val, bc, eo);
+  eo.rank = ranks().rank;
+  eo.world = ranks().world;
+  EvalResult r = evaluate(w, val, bc, eo);
+  r.all_reduce_ranks(false);
+  return r;
 }
 
 void run_train(TrainArgs& a) {
+  // Join the job before anything touches a GPU or a file (see eval).
+  const RuntimeInfo rt = runtime_info();
+  const bool cuda = a.device == "cuda" || (a.device == "auto" && rt.cuda);
+  if (a.device == "cuda" && !rt.cuda) throw Error("--device cuda: no CUDA device is available");
+  const Ranks& rk = init_ranks(cuda);
+  a.opt.rank = rk.rank;
+  a.opt.world = rk.world;
   ModelConfig base = a.preset == "frontier" ? ModelConfig::frontier() : ModelConfig::baseline();
   if (a.preset != "baseline" && a.preset != "frontier") throw Error("--preset must be baseline or frontier");
   GptWeights w;
@@ -57,9 +70,6 @@ void run_train(TrainArgs& a) {
   val.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
   ByteCounter bc(tok, w.config.vocab_size);
 
-  const RuntimeInfo rt = runtime_info();
-  const bool cuda = a.device == "cuda" || (a.device == "auto" && rt.cuda);
-  if (a.device == "cuda" && !rt.cuda) throw Error("--device cuda: no CUDA device is available");
   if (cuda) {
     for (auto& [n, t] : w.tensors) t = t.to(at::kCUDA);
     a.opt.precision = Precision::BF16;
@@ -67,9 +77,12 @@ void run_train(TrainArgs& a) {
   if (a.opt.batch_tokens == 0) a.opt.batch_tokens = int64_t(w.config.train_seq_len) * (cuda ? 64 : 4);
   int64_t params = 0;
   for (const auto& [n, t] : w.tensors) params += t.numel();
-  std::fprintf(stderr, "train: %lld parameters, %lld steps of %lld tokens (L=%d), %s\n", (long long)params,
-               (long long)a.opt.iterations, (long long)a.opt.batch_tokens, w.config.train_seq_len,
-               cuda ? rt.device_name.c_str() : "cpu");
+  const bool root = rk.root();  // rank 0 logs and writes
+  if (root)
+    std::fprintf(stderr, "train: %lld parameters, %lld steps of %lld tokens (L=%d), %s%s\n", (long long)params,
+                 (long long)a.opt.iterations, (long long)a.opt.batch_tokens, w.config.train_seq_len,
+                 cuda ? rt.device_name.c_str() : "cpu",
+                 rk.multi() ? (" x " + std::to_string(rk.world) + " ranks (data parallel)").c_str() : "");
   const uint16_t bos = uint16_t(tok.bos_id());
   const Precision eval_precision = cuda ? Precision::BF16 : Precision::F32;
   nlohmann::json history = nlohmann::json::array();
@@ -81,18 +94,20 @@ void run_train(TrainArgs& a) {
     last_loss = s.loss;
     steps = s.step;
     seconds = s.seconds;
-    if (s.step == 1 || s.step % a.log_every == 0 || s.step == a.opt.iterations)
+    if (root && (s.step == 1 || s.step % a.log_every == 0 || s.step == a.opt.iterations))
       std::fprintf(stderr, "%lld/%lld train_loss: %.4f lr_mult: %.3f time: %.1fs tok/s: %.0f\n", (long long)s.step,
                    (long long)a.opt.iterations, s.loss, s.lr_mult, s.seconds, s.tokens_per_second);
     if (a.val_every > 0 && s.step % a.val_every == 0 && s.step != a.opt.iterations) {
       EvalResult r = validate(w, val, bc, eval_precision, bos);
-      std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)s.step, (long long)a.opt.iterations,
-                   r.loss(), r.bpb());
+      if (root)
+        std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)s.step,
+                     (long long)a.opt.iterations, r.loss(), r.bpb());
       history.push_back({{"step", s.step}, {"val_loss", r.loss()}, {"val_bpb", r.bpb()}});
     }
     return true;
   });
   EvalResult r = validate(w, val, bc, eval_precision, bos);
+  if (!root) return;
   std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)steps, (long long)a.opt.iterations,
                r.loss(), r.bpb());
   for (auto& [n, t] : w.tensors) t = t.to(at::kCPU);
@@ -106,6 +121,7 @@ void run_train(TrainArgs& a) {
                                         {"val_loss", r.loss()},
                                         {"val_bpb", r.bpb()},
                                         {"val_history", history},
+                                        {"ranks", rk.world},
                                         {"out", a.out}})
                             .dump()
                             .c_str());

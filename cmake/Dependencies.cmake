@@ -77,3 +77,27 @@ else()
   message(STATUS "pgolf: libtorch ${Torch_VERSION} (CPU)")
 endif()
 add_library(pgolf::torch ALIAS pgolf_torch)
+
+# c10d backends for multi-rank runs (model/distributed.cpp only; see
+# model/distributed.h). Gloo: libtorch has ProcessGroupGloo built in, its
+# headers need gloo's (Debian: libgloo-dev; the wheel's torch/include if it
+# ships them). NCCL: CUDA builds, with nccl.h from the wheel's nvidia-nccl
+# package or the system.
+find_path(PGOLF_GLOO_INCLUDE gloo/config.h HINTS ${TORCH_INCLUDE_DIRS})
+if(PGOLF_GLOO_INCLUDE)
+  set(PGOLF_WITH_GLOO 1)
+else()
+  set(PGOLF_WITH_GLOO 0)
+endif()
+option(PGOLF_NCCL "multi-rank CUDA runs through ProcessGroupNCCL (when found)" ON)
+set(PGOLF_WITH_NCCL 0)
+if(PGOLF_CUDA_KERNELS AND PGOLF_NCCL)
+  get_filename_component(_pgolf_site "${TORCH_INSTALL_PREFIX}/.." ABSOLUTE)
+  file(GLOB _pgolf_nccl_hints "${_pgolf_site}/nvidia/*/include" "${_pgolf_site}/nvidia/*/*/include")
+  find_path(PGOLF_NCCL_INCLUDE nccl.h HINTS ${_pgolf_nccl_hints} ${CUDAToolkit_INCLUDE_DIRS} ${CUDA_INCLUDE_DIRS})
+  find_path(PGOLF_C10D_NCCL torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp HINTS ${TORCH_INCLUDE_DIRS})
+  if(PGOLF_NCCL_INCLUDE AND PGOLF_C10D_NCCL)
+    set(PGOLF_WITH_NCCL 1)
+  endif()
+endif()
+message(STATUS "pgolf: multi-rank backends: gloo ${PGOLF_WITH_GLOO}, nccl ${PGOLF_WITH_NCCL} ${PGOLF_NCCL_INCLUDE}")

@@ -15,8 +15,10 @@
 #include "data/tokenizer.h"
 #include "eval/eval_dump.h"
 #include "eval/evaluator.h"
+#include "eval/model_comparison.h"
 #include "eval/scoring_setup.h"
 #include "quant/model_files.h"
+#include "model/distributed.h"
 #include "model/pch.h"
 #include "model/runtime.h"
 
@@ -33,6 +35,8 @@ struct EvalArgs {
   uint64_t batch_tokens = 0;
   std::string dump;  // --dump FILE.h5
   std::string profile;  // --profile FILE.json
+  std::string compare_to;  // --compare-to REF (eval/model_comparison.h)
+  bool per_class = false;
 };
 
 // --dump: per-target scores and per-document totals (docs/DUMP_FORMAT.md).
@@ -52,12 +56,24 @@ void write_dump(const EvalArgs& a, const EvalOptions& o, EvalResult& r, const To
   std::fprintf(stderr, "%-10s %s (%s scored targets)\n", "dump", a.dump.c_str(), with_commas(d.token_nll.size()).c_str());
 }
 
+void check_compare_flags(const EvalArgs& a) {
+  if (a.per_class && a.compare_to.empty()) throw Error("--per-class needs --compare-to");
+  if (!a.compare_to.empty() && (!a.dump.empty() || !a.profile.empty()))
+    throw Error("--dump and --profile do not apply with --compare-to");
+}
+
 void run_eval(const EvalArgs& a) {
+  check_compare_flags(a);
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
+  // Join the job first (multi-rank: before anything touches a GPU or a file, so
+  // a rank that fails on its input stops the others).
+  const ScoringDevice dev = choose_scoring_device(a.device, a.precision);
+  const Ranks& rk = init_ranks(dev.cuda);
+  const bool quiet = a.quiet || !rk.root();
   std::string notes;
   GptWeights w = load_model_file(a.model, &notes);
-  if (!notes.empty() && !a.quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
+  if (!notes.empty() && !quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
   Tokenizer tok(a.tokenizer);
   check_model_tokenizer(tok, a.tokenizer, w);
   TokenStream stream(a.val);
@@ -65,7 +81,6 @@ void run_eval(const EvalArgs& a) {
   ByteCounter bc(tok, w.config.vocab_size);
 
   const RuntimeInfo rt = runtime_info();
-  const ScoringDevice dev = choose_scoring_device(a.device, a.precision);
   const bool cuda = dev.cuda;
   const std::string prec = dev.precision_name;
   EvalOptions o;
@@ -82,31 +97,47 @@ void run_eval(const EvalArgs& a) {
     throw Error("--doc-mask applies to sliding windows: give --stride");
   }
   o.doc_mask = a.doc_mask;
+  o.rank = rk.rank;  // contiguous window slices (window_plan.h)
+  o.world = rk.world;
   o.bos_id = uint16_t(tok.bos_id());
   o.batch_tokens = a.batch_tokens ? a.batch_tokens : (cuda ? 32 * uint64_t(o.seq_len) : 8 * uint64_t(o.seq_len));
   auto last = clock::now();
   const auto start = clock::now();
   o.progress = [&](uint64_t done, uint64_t total) {
-    if (a.quiet || clock::now() - last < std::chrono::seconds(5)) return;
+    if (quiet || clock::now() - last < std::chrono::seconds(5)) return;
     last = clock::now();
     const double s = std::chrono::duration<double>(last - start).count();
     const double rate = double(done) / s;
     std::fprintf(stderr, "eval: %5.1f%%  %s targets/s  ETA %.0f s\n", 100.0 * double(done) / double(total),
                  with_commas(uint64_t(rate)).c_str(), double(total - done) / std::max(rate, 1.0));
   };
+  if (!a.compare_to.empty()) {
+    if (rk.multi()) throw Error("--compare-to runs on one rank: launch it without torchrun");
+    ModelSource ref = a.model;  // --config, --config-from-log and --set apply to both
+    ref.path = a.compare_to;
+    run_model_comparison({a.model.path, a.compare_to, a.tokenizer, a.per_class, a.json, a.quiet}, w, ref, tok, stream,
+                         bc, dev, o);
+    return;
+  }
   o.capture_targets = !a.dump.empty();
-  if (o.capture_targets) AtomicFile probe(a.dump);  // an unwritable --dump fails now, not after the evaluation
+  // An unwritable --dump fails now, not after the evaluation (rank 0 writes it).
+  if (o.capture_targets && rk.root()) AtomicFile probe(a.dump);
+  const bool profile = !a.profile.empty() && rk.root();
   const auto e0 = clock::now();
-  if (!a.profile.empty()) start_profile();
+  if (profile) start_profile();
   EvalResult r = evaluate(w, stream, bc, o);
-  if (!a.profile.empty()) stop_profile(a.profile);
+  if (profile) stop_profile(a.profile);
+  r.all_reduce_ranks(o.capture_targets);  // float64 sums of all ranks; the dump's scorings to rank 0
+  if (!rk.root()) return;                 // rank 0 reports
   const double eval_s = std::chrono::duration<double>(clock::now() - e0).count();
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
 
   const char* plan = plan_kind_name(o.plan);
+  const std::string where = (cuda ? rt.device_name : std::string("cpu")) +
+                            (rk.multi() ? " x " + std::to_string(rk.world) + " ranks" : "");
   std::fprintf(stderr, "%-10s %s (L=%u%s%s), %s, %s\n", "eval", plan, o.seq_len,
                o.stride ? (", S=" + std::to_string(o.stride)).c_str() : "", o.doc_mask ? ", doc-mask" : "",
-               cuda ? rt.device_name.c_str() : "cpu", prec.c_str());
+               where.c_str(), prec.c_str());
   std::fprintf(stderr, "%-10s %.6f ± %.6f (stderr over %zu documents)\n", "bpb", r.bpb(), r.bpb_stderr(),
                r.docs.size() - (r.docs.back().targets ? 0 : 1));
   std::fprintf(stderr, "%-10s %.6f nats/target\n", "loss", r.loss());
@@ -120,7 +151,7 @@ void run_eval(const EvalArgs& a) {
                         {"targets", r.targets}, {"bytes", r.bytes},             {"windows", r.windows},
                         {"seconds", wall},      {"eval_seconds", eval_s},       {"plan", plan},
                         {"seq_len", o.seq_len}, {"stride", o.stride},           {"doc_mask", o.doc_mask},
-                        {"device", cuda ? rt.device_name : "cpu"}, {"precision", prec},
+                        {"device", cuda ? rt.device_name : "cpu"}, {"precision", prec}, {"ranks", rk.world},
                         {"targets_per_second", double(r.targets) / std::max(eval_s, 1e-9)}};
     std::printf("%s\n", j.dump().c_str());
   }
@@ -135,6 +166,24 @@ void add_model_options(CLI::App* cmd, ModelSource& m) {
   cmd->add_option("--config-from-log", m.log_path, "reference training log: its Hyperparameters block");
   cmd->add_option("--set", m.sets, "override one config field: key=value (repeatable)");
 }
+
+const char* const kCompareHelp = R"(Quantization quality (--compare-to REF):
+  pgolf eval --model model.pgz --compare-to model.h5 --val 'data/fineweb_val_*.bin' --tokenizer tok.model
+             [--per-class] [--stride 64 ...] [--json]
+  Both models run over the same windows (--seq-len, --stride, --plan, --doc-mask, --precision apply) and
+  at every scored target give their NLL, the KL divergence KL(P_ref || P_model) of their next-token
+  distributions (softmax of the softcapped logits, in float64) and whether their argmax tokens agree.
+  Printed: the bpb of both, delta bpb with its standard error paired over documents, KL mean, median,
+  p99 and max in nats per target (quantiles exact over the per-target values kept as float32: 4 bytes a
+  target a model), top-1 agreement. --json adds bpb_reference, delta_bpb, delta_bpb_stderr, kl_mean,
+  kl_median, kl_p99, kl_max, top1_agreement (a fraction) to eval's keys; bpb is --model's. --config,
+  --config-from-log and --set apply to both models; they must have the same vocab_size.
+  --per-class: a row per tensor group (embed, looped, attn, mlp, other, as pgolf inspect groups them):
+  the reference with only that group's tensors taken from --model, the rest float. With a .pgz and the
+  checkpoint it came from, that is quantizing one class at a time with the artifact's own values (GPTQ
+  takes every Hessian from the float model, so a tensor's values do not depend on the other classes').
+  Both models need the same config. Each row costs one more forward per batch. To try another recipe
+  per class, quantize it (pgolf quantize --bits ... --out x.pgz) and compare that.)";
 
 void register_eval_command(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
@@ -154,6 +203,11 @@ void register_eval_command(CLI::App& app) {
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   cmd->add_option("--profile", a->profile, "write a Kineto (Chrome-trace JSON) profile of the evaluation (CUDA builds)");
   cmd->add_option("--dump", a->dump, "write per-target NLL and bytes and per-document totals to this HDF5 file");
+  cmd->add_option("--compare-to", a->compare_to,
+                  "reference model (the float checkpoint): bpb of both, KL(reference || model), top-1 agreement");
+  cmd->add_flag("--per-class", a->per_class,
+                "with --compare-to: a row per tensor group, the reference with only that group from --model");
+  cmd->footer(kCompareHelp);
   cmd->callback([a]() { run_eval(*a); });
 }
 

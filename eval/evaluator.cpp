@@ -8,6 +8,7 @@
 #include "data/document_index.h"
 #include "data/error.h"
 #include "data/token_stream.h"
+#include "model/distributed.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -45,6 +46,35 @@ void EvalResult::add(const EvalResult& o) {
   scored.insert(scored.end(), o.scored.begin(), o.scored.end());
 }
 
+void EvalResult::all_reduce_ranks(bool gather_scored) {
+  if (!ranks().multi()) return;
+  // Counts stay exact in float64 (< 2^53).
+  std::vector<double> v = {nll_sum, double(targets), double(bytes), double(windows), double(tokens_in)};
+  v.reserve(v.size() + 3 * docs.size());
+  for (const DocumentTotals& d : docs) v.insert(v.end(), {d.nll, double(d.bytes), double(d.targets)});
+  all_reduce_sum(v);
+  nll_sum = v[0];
+  size_t k = 1;
+  for (uint64_t* x : {&targets, &bytes, &windows, &tokens_in}) *x = uint64_t(v[k++]);
+  for (DocumentTotals& d : docs) {
+    d.nll = v[k++];
+    d.bytes = uint64_t(v[k++]);
+    d.targets = uint64_t(v[k++]);
+  }
+  if (!gather_scored) return;
+  // Four float64 per scoring: target index, NLL, bytes, document (all exact).
+  std::vector<double> mine;
+  mine.reserve(4 * scored.size());
+  for (const ScoredTarget& s : scored)
+    mine.insert(mine.end(), {double(s.target), s.nll, double(s.bytes), double(s.doc)});
+  std::vector<ScoredTarget>().swap(scored);
+  const std::vector<double> all = gather_concat(mine);
+  std::vector<double>().swap(mine);
+  scored.reserve(all.size() / 4);
+  for (size_t i = 0; i + 3 < all.size(); i += 4)
+    scored.push_back({uint64_t(all[i]), all[i + 1], uint32_t(all[i + 2]), uint32_t(all[i + 3])});
+}
+
 WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
   if (o.plan == PlanKind::Standard) return make_standard_plan(num_tokens, o.seq_len);
   // The sliding records evaluate the stream trimmed as standard eval trims it.
@@ -55,7 +85,10 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   c10::NoGradGuard no_grad;  // scoring only (and the fused CUDA kernels have no backward)
   const std::vector<uint16_t> tok = stream.slice(0, stream.size());
   const WindowPlan plan = make_eval_plan(tok.size(), o);
-  const auto [first, last] = rank_slice(plan, o.rank, o.world);
+  const int64_t L = o.seq_len;
+  const size_t per_batch = std::max<size_t>(1, size_t(o.batch_tokens / uint64_t(L)));
+  // Whole batches per rank: a window's batch-mates are the one-rank run's.
+  const auto [first, last] = rank_slice_batch_aligned(plan, o.rank, o.world, per_batch);
   const DocumentIndex docs(tok.data(), tok.size(), o.bos_id);
   if (bc.size() < size_t(w.config.vocab_size))
     throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
@@ -67,8 +100,6 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   for (size_t i = first; i < last; ++i) to_score += plan.windows[i].scored();
   if (o.capture_targets) r.scored.reserve(to_score);
 
-  const int64_t L = o.seq_len;
-  const size_t per_batch = std::max<size_t>(1, size_t(o.batch_tokens / uint64_t(L)));
   const at::Device device = w.get("tok_emb.weight").device();
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);

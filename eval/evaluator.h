@@ -1,7 +1,8 @@
 // Scores a token stream with a model: standard or sliding-window evaluation
 // (SPEC §3, §4), NLL and bytes summed in float64, per-document totals for the
-// standard error. Work is split over ranks by the plan's rank slices; each
-// rank returns its own sums and the caller reduces them.
+// standard error. Work is split over ranks in whole batches of windows
+// (rank_slice_batch_aligned); each rank returns its own sums and the caller
+// reduces them (EvalResult::all_reduce_ranks).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -59,6 +60,12 @@ struct EvalResult {
   // Standard error of bpb with documents as the sampling unit (ratio estimator).
   double bpb_stderr() const;
   void add(const EvalResult& other);  // reduction across ranks (sums; per-document sums; scored appended)
+  // Sums every rank's totals and per-document totals (one float64 all-reduce);
+  // every rank ends with the job's result. With gather_scored, rank 0's
+  // `scored` becomes every rank's in rank order -- plan order, since ranks run
+  // contiguous window slices -- exactly as captured; the others' is emptied.
+  // A single rank: nothing to do.
+  void all_reduce_ranks(bool gather_scored);
 };
 
 WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& opt);

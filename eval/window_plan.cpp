@@ -139,6 +139,15 @@ std::pair<size_t, size_t> rank_slice_whole_batches(const WindowPlan& plan, int r
   return {begin, begin + (end - begin) / batch_windows * batch_windows};
 }
 
+std::pair<size_t, size_t> rank_slice_batch_aligned(const WindowPlan& plan, int rank, int world,
+                                                   size_t batch_windows) {
+  check_rank(rank, world);
+  if (batch_windows < 1) fail(kWhat, "batch size must be >= 1 window, got 0");
+  const uint64_t total = plan.windows.size(), batches = (total + batch_windows - 1) / batch_windows;
+  const uint64_t b0 = split_point(batches, rank, world), b1 = split_point(batches, rank + 1, world);
+  return {size_t(std::min(total, b0 * batch_windows)), size_t(std::min(total, b1 * batch_windows))};
+}
+
 std::vector<uint32_t> target_counts(const WindowPlan& plan) {
   // Difference array over target indices: O(windows + targets).
   const uint64_t targets = plan.num_tokens - 1;

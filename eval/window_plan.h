@@ -90,6 +90,15 @@ std::pair<size_t, size_t> rank_slice(const WindowPlan& plan, int rank, int world
 std::pair<size_t, size_t> rank_slice_whole_batches(const WindowPlan& plan, int rank, int world,
                                                    size_t batch_windows);
 
+// pgolf's split (what `pgolf eval` runs): whole batches of batch_windows
+// consecutive windows, the B = ceil(W / batch_windows) batches cut as
+// rank_slice cuts windows -- batches [B r / w, B (r+1) / w) -- returned as
+// window indices. Every window then shares its batch with the same windows as
+// on one rank, so its scores do not depend on the world size (kernels choose
+// by shape); ranks differ by at most one batch.
+std::pair<size_t, size_t> rank_slice_batch_aligned(const WindowPlan& plan, int rank, int world,
+                                                   size_t batch_windows);
+
 // How many times each target 0 .. N-2 is scored (size N - 1).
 std::vector<uint32_t> target_counts(const WindowPlan& plan);
 

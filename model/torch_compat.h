@@ -12,6 +12,18 @@
 #include <set>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #endif
+#if defined(PGOLF_COMPAT_C10D)  // c10d, for model/distributed.cpp only (see below)
+#include <chrono>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#if PGOLF_WITH_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#if PGOLF_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#endif
 
 #define PGOLF_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -105,6 +117,68 @@ constexpr bool has_profiler = false;
 inline void start_profiler() { throw std::runtime_error("profiling needs a CUDA build of libtorch >= 2.0"); }
 inline void stop_profiler(const std::string&) {}
 #endif
+
+// c10d (model/distributed.cpp, the only file that defines PGOLF_COMPAT_C10D).
+// TCPStore, PrefixStore and ProcessGroupGloo keep the same constructor and
+// collective signatures from 1.13 to 2.11 (ProcessGroupGloo's base class moved
+// from ProcessGroup to Backend in 2.x; pgolf never names it). What differs:
+// - TCPStoreOptions::numWorkers is c10::optional (1.13) / std::optional (2.x):
+//   assigning a size_t works for both. 2.x adds useLibUV (default on).
+// - The process groups' orderly teardown: ProcessGroupNCCL has shutdown() in
+//   2.x (its destructor warns without it); 1.13's groups tear down in their
+//   destructors. shutdown_group calls it where it exists (pgolf: NCCL only).
+// - ProcessGroupNCCL (CUDA builds with nccl.h, PGOLF_WITH_NCCL): Options::create()
+//   takes no timeout; the timeout is the Backend::Options member.
+// Gloo and NCCL headers are guarded by USE_C10D_GLOO / USE_C10D_NCCL, which the
+// including file defines from PGOLF_WITH_GLOO / PGOLF_WITH_NCCL.
+#if defined(PGOLF_COMPAT_C10D)
+
+inline c10d::TCPStoreOptions tcp_store_options(uint16_t port, bool server, size_t workers, bool wait_workers,
+                                               std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions o;
+  o.port = port;
+  o.isServer = server;
+  if (wait_workers) o.numWorkers = workers;
+  o.waitWorkers = wait_workers;
+  o.timeout = timeout;
+  return o;
+}
+
+namespace detail {
+template <class G, class = void>
+struct has_shutdown : std::false_type {};
+template <class G>
+struct has_shutdown<G, std::void_t<decltype(std::declval<G&>().shutdown())>> : std::true_type {};
+}  // namespace detail
+template <class G>
+void shutdown_group(G& g) {
+  if constexpr (detail::has_shutdown<G>::value) g.shutdown();
+}
+
+#if PGOLF_WITH_GLOO
+// The transport binds to the network interface `iface`, else to the address
+// `host`, else to the address this machine's hostname resolves to.
+inline c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                                            int world, const std::string& iface,
+                                                            const std::string& host,
+                                                            std::chrono::milliseconds timeout) {
+  using G = c10d::ProcessGroupGloo;
+  auto opts = G::Options::create(timeout);
+  opts->devices.push_back(!iface.empty() ? G::createDeviceForInterface(iface)
+                          : !host.empty() ? G::createDeviceForHostname(host)
+                                          : G::createDefaultDevice());
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+}
+#endif
+#if PGOLF_WITH_NCCL
+inline c10::intrusive_ptr<c10d::ProcessGroupNCCL> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                                            int world, std::chrono::milliseconds timeout) {
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+}
+#endif
+#endif  // PGOLF_COMPAT_C10D
 
 // TF32 tensor-core products for float32 matmuls on CUDA, as the reference
 // runs with torch.backends.cuda.matmul.allow_tf32 = True (GPTQ's Hessians).

@@ -2,9 +2,12 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
+#include <memory>
 
 #include "data/error.h"
 #include "data/token_stream.h"
+#include "model/distributed.h"
 #include "model/pch.h"
 
 #include <c10/core/GradMode.h>
@@ -47,6 +50,101 @@ class SpanReader {
   uint64_t pos_ = 0;
 };
 
+// The parameters in a few flat float32 buffers (at most kBucketElems values
+// each, in a fixed name order every rank shares): gradients are summed and
+// initial weights broadcast one buffer per collective.
+class FlatBuckets {
+ public:
+  static constexpr int64_t kBucketElems = int64_t(1) << 24;  // 64 MB of float32
+
+  explicit FlatBuckets(std::map<std::string, at::Tensor>& params) {
+    int64_t size = 0;
+    for (auto& [name, t] : params) {
+      if (groups_.empty() || (size > 0 && size + t.numel() > kBucketElems)) {
+        groups_.emplace_back();
+        size = 0;
+      }
+      groups_.back().push_back(&t);
+      size += t.numel();
+    }
+  }
+
+  // Sums weight * each rank's gradient over the ranks, into every rank's
+  // .grad() (a parameter without a gradient on this rank counts as zeros).
+  // extra: values summed alongside (float32, in the last buffer).
+  void all_reduce_grads(double weight, std::vector<double>& extra) {
+    std::vector<at::Tensor> flat;
+    for (const auto& g : groups_) {
+      std::vector<at::Tensor> parts;
+      for (at::Tensor* p : g)
+        parts.push_back(p->grad().defined() ? p->grad().reshape({-1}) : at::zeros({p->numel()}, p->options()));
+      flat.push_back(at::cat(parts).mul_(weight));
+    }
+    const std::vector<float> ex(extra.begin(), extra.end());
+    flat.back() = at::cat({flat.back(), at::tensor(ex, at::kFloat).to(flat.back().device())});
+    all_reduce_sum(flat);
+    for (size_t k = 0; k < groups_.size(); ++k) {
+      int64_t off = 0;
+      for (at::Tensor* p : groups_[k]) {
+        const at::Tensor sum = flat[k].narrow(0, off, p->numel()).view_as(*p);
+        if (p->grad().defined()) p->mutable_grad().copy_(sum);
+        else p->mutable_grad() = sum.clone();
+        off += p->numel();
+      }
+    }
+    const int64_t n = int64_t(extra.size());
+    const at::Tensor sums = flat.back().narrow(0, flat.back().numel() - n, n).to(at::kCPU).to(at::kDouble).contiguous();
+    for (int64_t i = 0; i < n; ++i) extra[size_t(i)] = sums.data_ptr<double>()[i];
+  }
+
+  // Every rank's parameters become rank 0's.
+  void broadcast_params() {
+    c10::NoGradGuard no_grad;
+    std::vector<at::Tensor> flat;
+    for (const auto& g : groups_) {
+      std::vector<at::Tensor> parts;
+      for (at::Tensor* p : g) parts.push_back(p->detach().reshape({-1}));
+      flat.push_back(at::cat(parts));
+    }
+    broadcast(flat, 0);
+    copy_back(flat);
+  }
+
+  // Fails unless every rank holds bit-identical parameters (a cheap
+  // fingerprint: sums of the values and of their squares, in float64).
+  void check_identical() {
+    c10::NoGradGuard no_grad;
+    double sum = 0, sq = 0;
+    for (const auto& g : groups_)
+      for (at::Tensor* p : g) {
+        const at::Tensor d = p->detach().to(at::kDouble);
+        sum += d.sum().item<double>();
+        sq += d.pow(2).sum().item<double>();
+      }
+    const Ranks& r = ranks();
+    std::vector<double> v(2 * size_t(r.world), 0.0);
+    v[2 * size_t(r.rank)] = sum;
+    v[2 * size_t(r.rank) + 1] = sq;
+    all_reduce_sum(v);
+    for (int k = 1; k < r.world; ++k)
+      if (v[2 * size_t(k)] != v[0] || v[2 * size_t(k) + 1] != v[1])
+        throw Error("train: the weights of rank " + std::to_string(k) + " differ from rank 0's after training");
+  }
+
+ private:
+  void copy_back(const std::vector<at::Tensor>& flat) {
+    for (size_t k = 0; k < groups_.size(); ++k) {
+      int64_t off = 0;
+      for (at::Tensor* p : groups_[k]) {
+        p->detach().copy_(flat[k].narrow(0, off, p->numel()).view_as(*p));
+        off += p->numel();
+      }
+    }
+  }
+
+  std::vector<std::vector<at::Tensor*>> groups_;
+};
+
 }  // namespace
 
 at::Tensor newton_schulz_orthogonalize(const at::Tensor& g, int steps) {
@@ -70,6 +168,15 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   if (o.batch_tokens < L || o.batch_tokens % L != 0)
     throw Error("train: --batch-tokens must be a positive multiple of the sequence length " + std::to_string(L));
   if (o.iterations <= 0) throw Error("train: --iterations must be positive");
+  // This rank's rows of every step's batch (all of them on a single rank).
+  const int64_t rows = o.batch_tokens / L;
+  if (rows < o.world)
+    throw Error("train: --batch-tokens gives " + std::to_string(rows) + " rows of " + std::to_string(L) +
+                " tokens for " + std::to_string(o.world) + " ranks: each rank needs at least one row");
+  const auto [row_begin, row_end] = even_split(uint64_t(rows), o.rank, o.world);
+  const int64_t my_tokens = int64_t(row_end - row_begin) * L;
+  const double weight = double(my_tokens) / double(o.batch_tokens);  // this rank's share of the mean loss
+  const bool multi = o.world > 1;
   at::manual_seed(o.seed);
 
   // Parameters: float32 leaves. Matrices of the blocks -> Muon; the rest -> Adam.
@@ -82,6 +189,11 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   }
   std::map<std::string, at::Tensor> momentum;
   std::map<std::string, AdamState> adam;
+  std::unique_ptr<FlatBuckets> buckets;
+  if (multi) {
+    buckets = std::make_unique<FlatBuckets>(w.tensors);
+    buckets->broadcast_params();  // every rank starts from rank 0's weights
+  }
   for (const std::string& n : muon_names) momentum[n] = at::zeros_like(w.tensors[n]);
   for (const std::string& n : adam_names) adam[n] = {at::zeros_like(w.tensors[n]), at::zeros_like(w.tensors[n])};
   auto adam_lr = [&](const std::string& n) {
@@ -96,7 +208,14 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   ForwardOptions fo;
   fo.precision = o.precision;
   for (int64_t step = 1; step <= o.iterations; ++step) {
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (multi && o.max_seconds > 0) {
+      // Rank 0's clock for every rank: the warmdown, looping and the stop agree.
+      std::vector<double> t = {o.rank == 0 ? elapsed : 0.0};
+      all_reduce_sum(t);
+      elapsed = t[0];
+      if (step > 1 && elapsed >= o.max_seconds) break;
+    }
     // Linear warmdown over the last warmdown_iters steps (or the matching share of the time cap).
     double lr_mult = 1.0;
     if (o.warmdown_iters > 0) {
@@ -108,17 +227,28 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
         lr_mult = std::min(lr_mult, std::max(0.0, left_steps / double(o.warmdown_iters)));
       }
     }
+    // The global span; this rank's rows are [row_begin, row_end) of it.
     std::vector<uint16_t> span = reader.take(size_t(o.batch_tokens) + 1);
-    at::Tensor buf = at::empty({int64_t(span.size())}, at::kLong);
+    const size_t first = size_t(row_begin) * size_t(L);
+    at::Tensor buf = at::empty({my_tokens + 1}, at::kLong);
     auto pb = buf.accessor<int64_t, 1>();
-    for (size_t i = 0; i < span.size(); ++i) pb[int64_t(i)] = span[i];
-    at::Tensor x = buf.narrow(0, 0, o.batch_tokens).view({-1, L}).to(device);
-    at::Tensor y = buf.narrow(0, 1, o.batch_tokens).view({-1, L}).to(device);
+    for (int64_t i = 0; i <= my_tokens; ++i) pb[i] = span[first + size_t(i)];
+    at::Tensor x = buf.narrow(0, 0, my_tokens).view({-1, L}).to(device);
+    at::Tensor y = buf.narrow(0, 1, my_tokens).view({-1, L}).to(device);
 
     const double progress = o.max_seconds > 0 ? elapsed / o.max_seconds : double(step - 1) / double(o.iterations);
     fo.looping = progress >= o.enable_looping_at;
     at::Tensor loss = forward_nll(w, x, y, fo).mean();
     loss.backward();
+    double loss_value = 0;
+    if (multi) {
+      // The global mean's gradient: sum over ranks of (tokens share) * gradient.
+      std::vector<double> extra = {loss.item<double>() * weight};
+      buckets->all_reduce_grads(weight, extra);
+      loss_value = extra[0];
+    } else {
+      loss_value = loss.item<double>();
+    }
     {
       c10::NoGradGuard no_grad;
       if (o.grad_clip_norm > 0) {
@@ -153,13 +283,15 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     }
     TrainStep st;
     st.step = step;
-    st.loss = loss.item<double>();
+    st.loss = loss_value;
     st.lr_mult = lr_mult;
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.tokens_per_second = double(step * o.batch_tokens) / std::max(st.seconds, 1e-9);
     const bool go_on = !on_step || on_step(st);
-    if (!go_on || (o.max_seconds > 0 && st.seconds >= o.max_seconds)) break;
+    // Multi-rank: the next step's shared clock decides (above).
+    if (!go_on || (!multi && o.max_seconds > 0 && st.seconds >= o.max_seconds)) break;
   }
+  if (multi) buckets->check_identical();
   for (auto& [n, t] : w.tensors) t = t.detach();
 }
 

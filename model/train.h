@@ -4,6 +4,18 @@
 // last steps, a wall-clock cap. Data: the training shards read in order, each
 // step a contiguous span of batch_tokens + 1 tokens cut into rows of seq_len
 // (as the reference's loader does).
+//
+// Data parallel (world > 1, model/distributed.h): every rank reads the same
+// global span and trains on its own contiguous block of rows (even_split of
+// the rows; each rank's inputs and targets overlap its neighbour's by one
+// token, exactly as the one-rank rows do). The reference's
+// DistributedTokenLoader instead gives each rank a span of its own with one
+// extra token, so its token stream shifts with the world size; here a step's
+// batch is the one-rank batch whatever the world. Gradients are weighted by
+// each rank's share of the tokens and summed in a few flat float32 buckets;
+// every rank then runs the same optimizer step, so the weights stay identical
+// (rank 0's initial weights are broadcast first; identity is checked at the
+// end). With max_seconds, rank 0's clock decides the warmdown and the stop.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -30,6 +42,7 @@ struct TrainOptions {
   double enable_looping_at = 0;     // depth recurrence from this fraction of the run on (of iterations, or of max_seconds)
   Precision precision = Precision::F32;
   uint64_t seed = 1337;
+  int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
 };
 
 struct TrainStep {
@@ -38,7 +51,8 @@ struct TrainStep {
 };
 
 // Trains w in place (its tensors become float32 parameters on their device).
-// on_step runs after every step; returning false stops training early.
+// on_step runs after every step; returning false stops training early (with
+// world > 1 every rank must return the same).
 void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& opt,
                const std::function<bool(const TrainStep&)>& on_step);
 

@@ -26,7 +26,7 @@ if [ "${DEMO:-0}" = 1 ]; then
   PG=$P CACHE=$C/cache WORK=/tmp/demo-model bash scripts/make-demo-model.sh model 2>"$O/demo_model.log" ||
     { tail -30 "$O/demo_model.log"; exit 1; }
   grep -E "step|val_bpb" "$O/demo_model.log" | tail -12
-  cp demo/model.pgz demo/model.json "${OUT:-/tmp}/"
+  cp demo/model.pgz demo/model.json /tmp/demo-model/model.h5 "${OUT:-/tmp}/"
   exit 0
 fi
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"

@@ -30,7 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 rm -rf "$B"
 t0=$EPOCHREALTIME
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$PREFIX" \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DPGOLF_SHARED_DIR="$C/shared" 2>&1 | tail -5
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DPGOLF_SHARED_DIR="$C/shared" ${PGOLF_CMAKE_ARGS:-} 2>&1 | tail -5
 t1=$EPOCHREALTIME
 if ! cmake --build "$B" -j "$(nproc)" >"${OUT:-/tmp}/build.log" 2>&1; then
   grep -E -A8 "error|FAILED" "${OUT:-/tmp}/build.log" | head -80
@@ -45,6 +45,7 @@ else
 fi
 grep -E -A6 "Failure$|^\[  FAILED|tests passed" "${OUT:-/tmp}/ctest.log" | head -60 || true
 t3=$EPOCHREALTIME
+[ "${BENCH:-1}" = 1 ] || exit 0   # BENCH=0: build and tests only
 touch data/shard.cpp && cmake --build "$B" 2>&1 | tail -1
 t4=$EPOCHREALTIME
 "$B/pgolf" env --bench --json >"${OUT:-/tmp}/env.json"

@@ -3,6 +3,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build ccache
       libtorch-dev libopenblas0-pthread   # without OpenBLAS libtorch's matmul runs ~28x slower
+      libgloo-dev                         # headers of libtorch's ProcessGroupGloo (multi-rank CPU runs)
       libzstd-dev libbrotli-dev libhdf5-dev libsentencepiece-dev zlib1g-dev
       nlohmann-json3-dev libcli11-dev libgtest-dev
       python3-h5py                           # the test that h5py reads pgolf checkpoints

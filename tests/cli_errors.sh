@@ -92,6 +92,15 @@ expect_error ttt-wrong-tokenizer "$TOK: tokenizer has 8192 pieces but the model'
 expect_error ttt-empty-glob "$T/nothing_*.bin: glob matches no files" -- \
   "$PGOLF" ttt --model "$T/small8k.h5" --val "$T/nothing_*.bin" --tokenizer "$TOK" --device cpu
 
+# pgolf eval --compare-to: models of one vocabulary (and, for --per-class, one config).
+expect_error compare-vocab "$T/small.h5: vocab_size 512 but $T/small8k.h5 has 8192: models compared must share a tokenizer" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --compare-to "$T/small.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu
+"$PGOLF" init --set vocab_size=8192 --set num_layers=2 --set model_dim=32 --out "$T/small8k2.h5" >/dev/null 2>&1
+expect_error compare-per-class-config "$T/small8k2.h5: config differs from $T/small8k.h5's (\"num_layers\": 2 against \"num_layers\": 1)" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --compare-to "$T/small8k2.h5" --per-class --val "$T/ok.bin" --tokenizer "$TOK" --device cpu
+expect_error per-class-alone "--per-class needs --compare-to" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --val "$T/ok.bin" --tokenizer "$TOK" --per-class
+
 # pgolf report: a file that is not an HDF5 eval dump.
 expect_error report-not-hdf5 "$T/ok.bin: not an HDF5 file" -- "$PGOLF" report "$T/ok.bin" --out "$T/fig"
 

@@ -479,5 +479,84 @@ TEST(ChunkPlan, DocumentResultsDoNotDependOnTheSplit) {
   }
 }
 
+
+// ---------------------------------------------------------- balanced ranks
+
+TEST(ChunkPlan, BatchCostCountsForwardedRowTokens) {
+  // Documents of 9 and 2 targets, chunk 4, context 6, one batch: 3 steps.
+  Tokens t;
+  for (int targets : {9, 2}) {
+    t.push_back(B);
+    for (int i = 1; i < targets; ++i) t.push_back(7);
+  }
+  t.push_back(9);
+  TttPlan p = plan_of(t, 4, 6, 2);
+  ASSERT_EQ(p.batches.size(), 1u);
+  // Step widths 4, 6, 6; steps 0 and 1 update (x3). Doc 0: 3 chunks, doc 1: 1.
+  EXPECT_EQ(batch_cost(p, p.batches[0]), (4u * 3 + 6u * 3 + 6u) + 4u * 3);
+}
+
+TEST(ChunkPlan, BalancedSplitKeepsOneRankBatchesAndBalancesCost) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    Tokens t = random_stream(rng);
+    const uint32_t cs = 1 + rng() % 8, L = cs + rng() % 20, bs = 1 + rng() % 4;
+    const int world = 1 + int(rng() % 5);
+    const TttSchedule s = trial % 2 ? TttSchedule::lora_ttt_0317() : TttSchedule{Split::GlobalQueue, 0};
+    const std::string what = "trial " + std::to_string(trial);
+    const TttPlan whole = plan_of(t, cs, L, bs, 0, 1, s);
+    std::vector<TttPlan> ranks;
+    std::vector<uint64_t> load;
+    std::map<uint32_t, int> batch_owner;  // one-rank batch index -> rank
+    for (int r = 0; r < world; ++r) {
+      TttPlan p = whole;
+      keep_rank_batches(p, r, world);
+      EXPECT_EQ(p.rank, r);
+      EXPECT_EQ(p.world, world);
+      uint64_t cost = 0;
+      for (const TttBatch& b : p.batches) {
+        cost += batch_cost(p, b);
+        EXPECT_TRUE(batch_owner.emplace(b.index, r).second) << what;  // each batch on one rank
+        // The batch is the one-rank plan's, rows in the same order.
+        const auto same = std::find_if(whole.batches.begin(), whole.batches.end(),
+                                       [&](const TttBatch& x) { return x.index == b.index; });
+        ASSERT_NE(same, whole.batches.end()) << what;
+        EXPECT_EQ(same->docs, b.docs) << what;
+      }
+      load.push_back(cost);
+      ranks.push_back(std::move(p));
+    }
+    EXPECT_EQ(batch_owner.size(), whole.batches.size()) << what;
+    expect_coverage(t, ranks, what);
+    // Greedy LPT: no rank exceeds the lightest by more than the costliest batch.
+    uint64_t biggest = 0;
+    for (const TttBatch& b : whole.batches) biggest = std::max(biggest, batch_cost(whole, b));
+    EXPECT_LE(*std::max_element(load.begin(), load.end()) - *std::min_element(load.begin(), load.end()), biggest)
+        << what;
+  }
+}
+
+TEST(ChunkPlan, BalancedSplitByCostNotCount) {
+  // One long document (8 chunks) and six one-chunk documents, one per batch:
+  // two ranks get the long batch alone and the six short ones.
+  Tokens t;
+  t.push_back(B);
+  for (int i = 0; i < 31; ++i) t.push_back(7);
+  for (int d = 0; d < 6; ++d) {
+    t.push_back(B);
+    t.push_back(7);
+  }
+  t.push_back(9);
+  TttPlan p0 = plan_of(t, 4, 8, 1), p1 = p0;
+  keep_rank_batches(p0, 0, 2);
+  keep_rank_batches(p1, 1, 2);
+  ASSERT_EQ(p0.batches.size(), 1u);
+  EXPECT_EQ(p0.rank_docs, (std::vector<uint32_t>{0}));
+  EXPECT_EQ(p1.batches.size(), 6u);
+  EXPECT_THROW(keep_rank_batches(p1, 0, 2), Error);  // not a one-rank plan any more
+  TttPlan q = plan_of(t, 4, 8, 1);
+  EXPECT_THROW(keep_rank_batches(q, 2, 2), Error);
+}
+
 }  // namespace
 }  // namespace pgolf

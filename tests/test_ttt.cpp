@@ -371,11 +371,18 @@ TEST(Ttt, DeterministicForASeedAndRankSplitsSum) {
       o.world = 3;
       sum.add(run_ttt(f.w64, f.tok, f.bc, o));
     }
+    sum.totals_from_docs();
     EXPECT_EQ(sum.targets, whole.targets);
     EXPECT_EQ(sum.bytes, whole.bytes);
-    // Adapters are keyed by document: only batching (kernel shapes) differs.
-    EXPECT_NEAR(sum.nll_sum, whole.nll_sum, 1e-9);
-    EXPECT_NEAR(sum.bpb_stderr(), whole.bpb_stderr(), 1e-9);
+    EXPECT_EQ(sum.batches, whole.batches);
+    // Ranks run whole batches of the one-rank plan, adapters keyed by document:
+    // the same bits per document, and totals summed in document order.
+    for (size_t d = 0; d < whole.docs.size(); ++d) {
+      EXPECT_EQ(sum.docs[d].nll, whole.docs[d].nll) << "doc " << d;
+      EXPECT_EQ(sum.base_docs[d].nll, whole.base_docs[d].nll) << "doc " << d;
+    }
+    EXPECT_EQ(sum.nll_sum, whole.nll_sum);
+    EXPECT_EQ(sum.bpb_stderr(), whole.bpb_stderr());
   }
 }
 

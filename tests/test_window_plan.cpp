@@ -379,6 +379,37 @@ TEST(WindowPlan, RankSlicesMatchReferenceFormulaAndCoverOnce) {
   }
 }
 
+TEST(WindowPlan, BatchAlignedRankSlicesKeepOneRankBatches) {
+  // pgolf eval's split: whole batches, so every window keeps its one-rank batch.
+  for (uint64_t N : {2ull, 100ull, 1031ull, 40961ull}) {
+    const WindowPlan p = make_sliding_plan(N, 16, 3, PlanKind::Current);
+    const size_t W = p.windows.size();
+    for (size_t batch : {1u, 7u, 32u, 100000u})
+      for (int world : {1, 2, 3, 8, 64}) {
+        SCOPED_TRACE("N=" + std::to_string(N) + " batch=" + std::to_string(batch) + " world=" + std::to_string(world));
+        size_t expected_begin = 0, most = 0, least = SIZE_MAX;
+        for (int r = 0; r < world; ++r) {
+          auto [b, e] = rank_slice_batch_aligned(p, r, world, batch);
+          EXPECT_EQ(b, expected_begin);       // contiguous, in rank order
+          EXPECT_EQ(b % batch, 0u);           // starts on a one-rank batch boundary
+          EXPECT_TRUE(e % batch == 0 || e == W);
+          most = std::max(most, (e - b + batch - 1) / batch);
+          least = std::min(least, (e - b + batch - 1) / batch);
+          expected_begin = e;
+        }
+        EXPECT_EQ(expected_begin, W);
+        EXPECT_LE(most - least, 1u);  // batches per rank differ by at most one
+      }
+  }
+  const WindowPlan p = make_standard_plan(100 * 8 + 1, 8);  // 100 rows, batches of 32: 4 batches
+  EXPECT_EQ(rank_slice_batch_aligned(p, 0, 3, 32), (std::pair<size_t, size_t>{0, 32}));
+  EXPECT_EQ(rank_slice_batch_aligned(p, 1, 3, 32), (std::pair<size_t, size_t>{32, 64}));
+  EXPECT_EQ(rank_slice_batch_aligned(p, 2, 3, 32), (std::pair<size_t, size_t>{64, 100}));
+  EXPECT_EQ(rank_slice_batch_aligned(p, 4, 8, 32), (std::pair<size_t, size_t>{64, 64}));  // nothing left
+  expect_one_line_error([&] { rank_slice_batch_aligned(p, 0, 1, 0); });
+  expect_one_line_error([&] { rank_slice_batch_aligned(p, 2, 2, 4); });
+}
+
 TEST(WindowPlan, RankSliceHandlesHugeCounts) {
   // The split formula must not overflow for large window counts.
   WindowPlan p{PlanKind::Current, 1, 1, 0, {}};

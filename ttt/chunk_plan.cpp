@@ -139,6 +139,52 @@ TttPlan make_ttt_plan(const uint16_t* tokens, size_t n, uint16_t bos, uint32_t c
   return plan;
 }
 
+uint64_t batch_cost(const TttPlan& plan, const TttBatch& batch) {
+  uint64_t cost = 0;
+  for (uint32_t d : batch.docs)
+    for (uint32_t s = 0; s < plan.docs[d].num_chunks; ++s) {
+      const uint64_t width = std::min<uint64_t>((uint64_t{s} + 1) * plan.chunk, plan.context);
+      cost += width * (s + 1 < batch.num_steps ? 3 : 1);
+    }
+  return cost;
+}
+
+std::vector<int> balance_batches(const TttPlan& plan, int world) {
+  if (world < 1) fail(kWhat, "world size must be >= 1, got " + std::to_string(world));
+  std::vector<uint64_t> cost(plan.batches.size());
+  std::vector<size_t> order(plan.batches.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    cost[i] = batch_cost(plan, plan.batches[i]);
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost[a] > cost[b]; });
+  std::vector<uint64_t> load(static_cast<size_t>(world), 0);
+  std::vector<int> owner(plan.batches.size(), 0);
+  for (size_t i : order) {
+    const size_t r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = static_cast<int>(r);
+    load[r] += cost[i];
+  }
+  return owner;
+}
+
+void keep_rank_batches(TttPlan& plan, int rank, int world) {
+  if (plan.world != 1) fail(kWhat, "keep_rank_batches takes a one-rank plan");
+  if (world < 1 || rank < 0 || rank >= world)
+    fail(kWhat, "rank " + std::to_string(rank) + " outside a world of " + std::to_string(world));
+  const std::vector<int> owner = balance_batches(plan, world);
+  std::vector<TttBatch> mine;
+  plan.rank_docs.clear();
+  for (size_t i = 0; i < plan.batches.size(); ++i)
+    if (owner[i] == rank) {
+      plan.rank_docs.insert(plan.rank_docs.end(), plan.batches[i].docs.begin(), plan.batches[i].docs.end());
+      mine.push_back(std::move(plan.batches[i]));
+    }
+  plan.batches = std::move(mine);
+  plan.rank = rank;
+  plan.world = world;
+}
+
 TttChunk chunk_at(const TttPlan& plan, uint32_t doc, uint32_t chunk_index) {
   if (doc >= plan.docs.size())
     fail(kWhat, "document " + std::to_string(doc) + " out of range (" +

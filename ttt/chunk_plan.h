@@ -148,6 +148,26 @@ TttPlan make_ttt_plan(const uint16_t* tokens, size_t n, uint16_t bos, uint32_t c
                       uint32_t context, uint32_t batch_docs, int rank, int world,
                       const TttSchedule& schedule = TttSchedule::lora_ttt_0317());
 
+// pgolf's own multi-rank split (what `pgolf ttt` runs; the reference splits
+// above stay for reference). Results per document must not depend on the world
+// size, and a document's numbers depend on its batch-mates' shapes through the
+// kernels, so every rank forms the one-rank plan's batches (make_ttt_plan with
+// rank 0 of world 1) and runs a share of whole batches, balanced by predicted
+// cost rather than by count.
+//
+// The predicted cost of a batch: the row-tokens its steps forward, an update
+// step counted 3 times (forward + backward): sum over steps s of
+// (active rows at s) * width(s) * (s < S - 1 ? 3 : 1).
+uint64_t batch_cost(const TttPlan& plan, const TttBatch& batch);
+// The owner rank of each of plan.batches (plan: a one-rank plan) among
+// `world` ranks: longest processing time first -- batches by descending cost
+// (ties: plan order) each to the least-loaded rank (ties: the lowest rank).
+std::vector<int> balance_batches(const TttPlan& plan, int world);
+// Restricts a one-rank plan to the batches balance_batches gives `rank` (in
+// plan order) and sets rank, world and rank_docs; total_batches stays the
+// plan's. Throws pgolf::Error on a plan that is not one-rank or a bad rank.
+void keep_rank_batches(TttPlan& plan, int rank, int world);
+
 // Chunk chunk_index of document doc (throws if either is out of range).
 TttChunk chunk_at(const TttPlan& plan, uint32_t doc, uint32_t chunk_index);
 

@@ -16,6 +16,7 @@
 #include "data/token_stream.h"
 #include "data/tokenizer.h"
 #include "eval/scoring_setup.h"
+#include "model/distributed.h"
 #include "quant/model_files.h"
 #include "ttt/ttt_audit.h"
 #include "ttt/ttt_runner.h"
@@ -119,9 +120,17 @@ void run_ttt_command(const TttArgs& a) {
   const auto t0 = clock::now();
   TttOptions o = options_from(a);  // bad knobs fail before anything is loaded
   const ScoringDevice dev = choose_scoring_device(a.device, a.precision);
+  if (a.audit && ranks_from_env().multi())
+    throw Error("ttt --audit runs on one rank: launch it without torchrun (WORLD_SIZE=" +
+                std::to_string(ranks_from_env().world) + ")");
+  // Join the job before anything touches a GPU or a file (see eval).
+  const Ranks& rk = init_ranks(dev.cuda);
+  o.rank = rk.rank;  // whole batches of the one-rank plan, balanced by cost
+  o.world = rk.world;
+  const bool quiet = a.quiet || !rk.root();
   std::string notes;
   GptWeights w = load_model_file(a.model, &notes);
-  if (!notes.empty() && !a.quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
+  if (!notes.empty() && !quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
   Tokenizer tok(a.tokenizer);
   check_model_tokenizer(tok, a.tokenizer, w);
   TokenStream stream(a.val);
@@ -136,13 +145,15 @@ void run_ttt_command(const TttArgs& a) {
   auto last = clock::now();
   const auto start = clock::now();
   o.progress = [&](uint64_t done, uint64_t total) {
-    if (a.quiet || clock::now() - last < std::chrono::seconds(5)) return;
+    if (quiet || clock::now() - last < std::chrono::seconds(5)) return;
     last = clock::now();
     const double s = std::chrono::duration<double>(last - start).count(), rate = double(done) / s;
     std::fprintf(stderr, "ttt: %5.1f%%  %s targets/s  ETA %.0f s\n", 100.0 * double(done) / double(total),
                  with_commas(uint64_t(rate)).c_str(), double(total - done) / std::max(rate, 1.0));
   };
-  const TttResult r = run_ttt(w, tokens, bc, o);
+  TttResult r = run_ttt(w, tokens, bc, o);
+  r.all_reduce_ranks();     // exact float64 sums: each document ran on one rank
+  if (!rk.root()) return;   // rank 0 reports
   const double ttt_s = std::chrono::duration<double>(clock::now() - start).count();
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
   uint64_t docs = 0;
@@ -150,7 +161,8 @@ void run_ttt_command(const TttArgs& a) {
 
   std::fprintf(stderr, "%-10s %s (rank %d on %s; C=%u, L=%u, %u docs/batch; %s lr %g betas %g,%g wd %g), %s, %s\n",
                "ttt", o.recipe.c_str(), o.lora_rank, join(o.targets).c_str(), o.chunk, o.context, o.batch_docs,
-               o.adamw ? "adamw" : "adam", o.lr, o.beta1, o.beta2, o.weight_decay, dev.device_name.c_str(),
+               o.adamw ? "adamw" : "adam", o.lr, o.beta1, o.beta2, o.weight_decay,
+               (dev.device_name + (rk.multi() ? " x " + std::to_string(rk.world) + " ranks" : "")).c_str(),
                dev.precision_name.c_str());
   std::fprintf(stderr, "%-10s %.6f ± %.6f (stderr over %s documents)\n", "bpb", r.bpb(), r.bpb_stderr(),
                with_commas(docs).c_str());
@@ -186,7 +198,8 @@ void run_ttt_command(const TttArgs& a) {
               {"ttt_seconds", ttt_s},
               {"targets_per_second", double(r.targets) / std::max(ttt_s, 1e-9)},
               {"device", dev.device_name},
-              {"precision", dev.precision_name}});
+              {"precision", dev.precision_name},
+              {"ranks", rk.world}});
     std::printf("%s\n", j.dump().c_str());
   }
   // --dump FILE.h5 (to come): r.docs / r.base_docs and r.chunks hold the per-document and per-chunk arrays.

@@ -9,6 +9,7 @@
 
 #include "data/byte_counter.h"
 #include "data/error.h"
+#include "model/distributed.h"
 #include "model/pch.h"
 #include "ttt/adam.h"
 #include "ttt/lora_adapters.h"
@@ -187,6 +188,33 @@ void TttResult::add(const TttResult& o) {
       }
 }
 
+void TttResult::totals_from_docs() {
+  nll_sum = 0;
+  base_nll_sum = 0;
+  for (const DocumentTotals& d : docs) nll_sum += d.nll;
+  for (const DocumentTotals& d : base_docs) base_nll_sum += d.nll;
+}
+
+void TttResult::all_reduce_ranks() {
+  if (!ranks().multi()) return;
+  // Counts are exact in float64 (< 2^53); a document's sums come from one rank
+  // and zeros from the others, and x + 0.0 == x.
+  std::vector<double> v = {double(targets), double(bytes), double(batches), double(steps), double(updates),
+                           double(tokens_in)};
+  for (const auto* list : {&docs, &base_docs})
+    for (const DocumentTotals& d : *list) v.insert(v.end(), {d.nll, double(d.bytes), double(d.targets)});
+  all_reduce_sum(v);
+  size_t k = 0;
+  for (uint64_t* x : {&targets, &bytes, &batches, &steps, &updates, &tokens_in}) *x = uint64_t(v[k++]);
+  for (auto* list : {&docs, &base_docs})
+    for (DocumentTotals& d : *list) {
+      d.nll = v[k++];
+      d.bytes = uint64_t(v[k++]);
+      d.targets = uint64_t(v[k++]);
+    }
+  totals_from_docs();
+}
+
 uint64_t ttt_used_tokens(const std::vector<uint16_t>& tokens, const TttOptions& o) {
   uint64_t n = tokens.size();
   if (o.trim > 0) {
@@ -213,8 +241,10 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     throw Error("ttt: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
                 std::to_string(cfg.vocab_size));
   const uint64_t n = ttt_used_tokens(tokens, o);
-  const TttPlan plan = make_ttt_plan(tokens.data(), n, o.bos_id, o.chunk, o.context, o.batch_docs, o.rank, o.world,
-                                     TttSchedule{o.split, 0});
+  // The one-rank plan's batches, whatever the world (see keep_rank_batches).
+  TttPlan plan = make_ttt_plan(tokens.data(), n, o.bos_id, o.chunk, o.context, o.batch_docs, 0, 1,
+                               TttSchedule{o.split, 0});
+  if (o.world > 1) keep_rank_batches(plan, o.rank, o.world);
   const std::vector<LoraSiteSpec> sites = lora_sites(cfg, o.targets);
   const at::Device device = w.get("tok_emb.weight").device();
   const at::ScalarType param_type = o.precision == Precision::F64 ? at::kDouble : at::kFloat;
@@ -295,6 +325,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       if (o.progress) o.progress(r.targets, to_score);
     }
   }
+  r.totals_from_docs();
   return r;
 }
 

@@ -43,6 +43,8 @@ struct TttOptions {
   uint32_t trim = 0;  // E > 0: first keep ((N - 1) // E) E + 1 tokens (0410's eval-length trim)
   TttSchedule::Split split = TttSchedule::Split::RankSlices;
   uint64_t max_docs = 0;  // > 0: only the stream's first documents (a prefix, after the trim)
+  // This rank's share of the one-rank plan's batches (keep_rank_batches in
+  // ttt/chunk_plan.h): a document's result does not depend on the world size.
   int rank = 0, world = 1;
   // Numerics and reporting.
   uint64_t seed = 0;
@@ -90,7 +92,15 @@ struct TttResult {
   double base_bpb() const;
   double bpb_stderr() const;   // documents as the sampling unit (as EvalResult)
   double gain_stderr() const;  // of bpb - base_bpb, paired by document
-  void add(const TttResult& other);  // reduction across ranks
+  void add(const TttResult& other);  // reduction across ranks (then totals_from_docs for exact totals)
+  // nll_sum and base_nll_sum as the sums of the per-document totals in
+  // document order: the same bits whichever ranks ran which documents.
+  void totals_from_docs();
+  // Sums every rank's counts and per-document totals (one float64 all-reduce,
+  // exact: each document belongs to one rank), then totals_from_docs; every
+  // rank ends with the job's result. chunks and target_* stay this rank's own.
+  // A single rank: nothing to do.
+  void all_reduce_ranks();
 };
 
 // Runs TTT on `tokens` (the whole validation stream) with the model's weights
