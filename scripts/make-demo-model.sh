@@ -29,10 +29,10 @@ model)
   # demo's slice stays about a minute on 2 CPU cores.
   "$PG" train --train "$W/shards/fineweb_train_*.bin" --val "$W/shards/fineweb_val_*.bin" --tokenizer $TOK \
     --out "$W/model.h5" --set vocab_size=1024 --set num_layers=6 --set model_dim=256 --set num_heads=4 \
-    --set num_kv_heads=2 --set train_seq_len=256 --batch-tokens 65536 --iterations ${STEPS:-1500} \
-    --warmdown-iters 400 --val-every 250 --log-every 100 --seed 1337 --json >"$W/train.json"
+    --set num_kv_heads=2 --set train_seq_len=256 --batch-tokens 65536 --iterations ${STEPS:-2000} \
+    --warmdown-iters 500 --val-every 250 --log-every 100 --seed 1337 --json >"$W/train.json"
   "$PG" quantize --checkpoint "$W/model.h5" --calib "$W/shards/fineweb_train_*.bin" --tokenizer $TOK \
-    --method gptq --bits matrices=6,embed=8 --calib-batches 16 --out "$W/model.pgz" --json >"$W/quantize.json"
+    --method gptq --bits matrices=6,embed=8 --passthrough-max-numel 4096 --calib-batches 16 --out "$W/model.pgz" --json >"$W/quantize.json"
   EV=(--val "$W/shards/fineweb_val_*.bin" --tokenizer $TOK --json --quiet)
   float=$("$PG" eval --model "$W/model.h5" "${EV[@]}")
   quant=$("$PG" eval --model "$W/model.pgz" "${EV[@]}")
