@@ -9,6 +9,8 @@
 #   bash scripts/demo.sh --full   # all 500 validation documents, TTT on all of them
 #
 # demo/ holds the tokenizer and the artifact; scripts/make-demo-model.sh regenerates both.
+# PG=path/to/pgolf uses that binary instead of installing and building (e.g. a
+# CUDA build: scripts/gpu_build.sh); CACHE=DIR a filled fetch-demo cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCS=100; TTT_DOCS=20
@@ -19,9 +21,11 @@ case "${1:-}" in
 esac
 D=build/demo
 t0=$EPOCHREALTIME
-bash scripts/install-deps.sh
-bash scripts/build.sh
-PG=build/pgolf
+if [ -z "${PG:-}" ]; then
+  bash scripts/install-deps.sh
+  bash scripts/build.sh
+  PG=build/pgolf
+fi
 TOK=demo/tok1024.model
 MODEL=demo/model.pgz
 secs() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}'; }
@@ -30,7 +34,7 @@ t_build=$(secs "$t0")
 
 s=$EPOCHREALTIME
 mkdir -p $D
-$PG data fetch-demo --out $D/docs.jsonl
+$PG data fetch-demo --out $D/docs.jsonl ${CACHE:+--cache "$CACHE"}
 # The corpus's first 500 documents are the validation split (the tokenizer and
 # the model never saw them); the demo scores the first $DOCS.
 head -n $DOCS $D/docs.jsonl >$D/docs_val.jsonl

@@ -15,7 +15,8 @@ import re
 import subprocess
 import sys
 
-PGOLF_RE = re.compile(r"(?:^|[\s;&|(])(?:\S*/)?pgolf\s+(.*)$")
+# "pgolf" as a command word (a path ending in /pgolf too), not as a value such as PG=build/pgolf.
+PGOLF_RE = re.compile(r"(?:^|[\s;&|(])(?:[^\s=]*/)?pgolf\s+(.*)$")
 SUBGROUPS = {"data"}  # subcommands whose first word is itself a subcommand
 
 

@@ -124,8 +124,10 @@ fi
 for recipe in lora-0317 varlen-0410; do
   TTT=(ttt --device cpu --model "$T/m1.h5" --val "$VAL" --tokenizer "$TOK" --recipe "$recipe" --rank 4 --chunk 32 --context 128
        --batch-docs 4 --trim 128 --json --quiet)
-  one=$("$PGOLF" "${TTT[@]}" 2>"$T/ttt1.err")
-  run2_ok "ttt_$recipe" "${TTT[@]}"
+  dump=()
+  [ "$recipe" = lora-0317 ] && dump=(--dump "$T/ttt_dump@R@.h5")
+  one=$("$PGOLF" "${TTT[@]}" "${dump[@]//@R@/1}" 2>"$T/ttt1.err")
+  run2_ok "ttt_$recipe" "${TTT[@]}" "${dump[@]//@R@/2}"
   two=$(cat "$T/ttt_$recipe.0.out")
   for k in bpb bpb_base bpb_stderr gain_stderr targets bytes docs batches steps updates; do
     [ "$(json "$one" $k)" = "$(json "$two" $k)" ] || fail "ttt $recipe: $k $(json "$one" $k) (1 rank) vs $(json "$two" $k) (2 ranks)"
@@ -133,6 +135,23 @@ for recipe in lora-0317 varlen-0410; do
   echo "ttt $recipe: bpb $(json "$one" bpb) ± $(json "$one" bpb_stderr), identical on 2 ranks" \
     "($(json "$one" docs) documents in $(json "$one" batches) batches; 2 ranks: $SECONDS2 s)"
 done
+
+# ttt --dump: per-document and per-chunk arrays the same bits on 1 and 2 ranks; report draws the gain by chunk.
+if [ -n "$PY" ]; then
+  "$PY" - "$T/ttt_dump1.h5" "$T/ttt_dump2.h5" <<'EOF' || fail "ttt --dump: 2 ranks' arrays differ from 1 rank's"
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:])
+assert a.attrs["kind"] == "ttt", a.attrs["kind"]
+keys = ("docs/start", "docs/length", "docs/nll", "docs/nll_base", "docs/bytes", "docs/targets",
+        "chunks/doc", "chunks/index", "chunks/nll", "chunks/nll_base", "chunks/bytes")
+for k in keys:
+    if not np.array_equal(a[k][()], b[k][()]): print("differs:", k); sys.exit(1)
+if not np.isclose(a["chunks/nll"][()].sum(), a["docs/nll"][()].sum(), rtol=1e-12): print("chunks do not sum to docs"); sys.exit(1)
+print("ttt --dump: %d documents, %d chunks, identical for 1 and 2 ranks" % (len(a["docs/nll"]), len(a["chunks/nll"])))
+EOF
+fi
+"$PGOLF" report "$T/ttt_dump1.h5" --out "$T/ttt_fig" >/dev/null 2>"$T/report.err" || fail "report of the ttt dump: $(cat "$T/report.err")"
+[ -s "$T/ttt_fig_ttt_gain.svg" ] || fail "report of the ttt dump wrote no ttt_gain figure"
 
 # ---- failure: a bad --val on one rank stops both ranks, non-zero, in bounded time.
 # Rank `bad` gets a glob that matches nothing, the other the real shards; rank 0

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,8 @@
 #include "data/error.h"
 #include "data/token_stream.h"
 #include "data/tokenizer.h"
+#include "data/atomic_file.h"
+#include "eval/eval_dump.h"
 #include "eval/scoring_setup.h"
 #include "model/distributed.h"
 #include "quant/model_files.h"
@@ -36,6 +39,7 @@ struct TttArgs {
   uint32_t chunk = 0, context = 0, batch_docs = 0, grad_steps = 0, trim = 0;
   uint64_t seed = 0, max_docs = 0;
   bool json = false, audit = false, quiet = false, no_base = false;
+  std::string dump;  // --dump FILE.h5
   std::map<std::string, CLI::Option*> given;
 };
 
@@ -115,6 +119,79 @@ void run_audit(const TttArgs& a, const GptWeights& w, const std::vector<uint16_t
                 " checks failed");
 }
 
+// Every rank's chunk totals on rank 0, in (document, chunk) order: each chunk
+// ran on exactly one rank, so the gather is exact. Collective: all ranks call it.
+std::vector<TttChunkTotals> gather_chunks(const std::vector<TttChunkTotals>& mine) {
+  constexpr size_t kFields = 5;
+  std::vector<double> flat;
+  flat.reserve(mine.size() * kFields);
+  for (const TttChunkTotals& c : mine)
+    flat.insert(flat.end(), {double(c.doc), double(c.index), double(c.bytes), c.nll, c.base_nll});
+  const std::vector<double> all = ranks().multi() ? gather_concat(flat) : flat;
+  std::vector<TttChunkTotals> out(all.size() / kFields);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const double* f = &all[i * kFields];
+    out[i].doc = uint32_t(f[0]);
+    out[i].index = uint32_t(f[1]);
+    out[i].bytes = uint64_t(f[2]);
+    out[i].nll = f[3];
+    out[i].base_nll = f[4];
+  }
+  std::sort(out.begin(), out.end(), [](const TttChunkTotals& x, const TttChunkTotals& y) {
+    return x.doc != y.doc ? x.doc < y.doc : x.index < y.index;
+  });
+  return out;
+}
+
+// --dump: per-document totals with and without TTT and per-chunk totals
+// (docs/DUMP_FORMAT.md, kind "ttt"; no per-target arrays).
+void write_ttt_dump(const TttArgs& a, const TttOptions& o, const TttResult& r,
+                    const std::vector<TttChunkTotals>& chunks, const std::vector<uint16_t>& tokens,
+                    const std::string& precision) {
+  // The documents of the run's plan (the plan is a pure function of the stream and the knobs).
+  const TttPlan plan = make_ttt_plan(tokens.data(), r.used_tokens, o.bos_id, o.chunk, o.context, o.batch_docs, 0, 1,
+                                     TttSchedule{o.split, 0});
+  if (plan.docs.size() != r.docs.size())
+    throw Error("ttt --dump: the plan has " + std::to_string(plan.docs.size()) + " documents, the run " +
+                std::to_string(r.docs.size()));
+  EvalDump d;
+  d.kind = "ttt";
+  d.model = a.model.path;
+  d.tokenizer = a.tokenizer;
+  d.val = a.val;
+  d.plan = o.recipe;
+  d.precision = precision;
+  d.seq_len = o.context;
+  d.stride = o.chunk;
+  d.bpb = r.bpb();
+  d.bpb_stderr = r.bpb_stderr();
+  d.loss = r.loss();
+  d.nll_sum = r.nll_sum;
+  d.targets = r.targets;
+  d.bytes = r.bytes;
+  d.notes["ttt"] = knobs_json(o).dump();
+  for (size_t i = 0; i < plan.docs.size(); ++i) {
+    const TttDocument& doc = plan.docs[i];
+    // Length with its BOS, up to the next document's BOS (its last target).
+    d.doc_start.push_back(doc.bos);
+    d.doc_length.push_back(doc.end - doc.bos - (tokens[doc.end - 1] == o.bos_id ? 1 : 0));
+    d.doc_nll.push_back(r.docs[i].nll);
+    d.doc_bytes.push_back(r.docs[i].bytes);
+    d.doc_targets.push_back(r.docs[i].targets);
+    if (r.has_base) d.doc_nll_base.push_back(r.base_docs[i].nll);
+  }
+  for (const TttChunkTotals& c : chunks) {
+    d.chunk_doc.push_back(c.doc);
+    d.chunk_index.push_back(c.index);
+    d.chunk_nll.push_back(c.nll);
+    if (r.has_base) d.chunk_nll_base.push_back(c.base_nll);
+    d.chunk_bytes.push_back(c.bytes);
+  }
+  write_eval_dump(a.dump, d);
+  std::fprintf(stderr, "%-10s %s (%s documents, %s chunks)\n", "dump", a.dump.c_str(),
+               with_commas(d.doc_start.size()).c_str(), with_commas(d.chunk_doc.size()).c_str());
+}
+
 void run_ttt_command(const TttArgs& a) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -141,6 +218,7 @@ void run_ttt_command(const TttArgs& a) {
   o.bos_id = uint16_t(tok.bos_id());
   const std::vector<uint16_t> tokens = stream.slice(0, stream.size());
   if (a.audit) return run_audit(a, w, tokens, bc, o, dev);
+  if (!a.dump.empty() && rk.root()) AtomicFile probe(a.dump);  // an unwritable --dump fails now
 
   auto last = clock::now();
   const auto start = clock::now();
@@ -153,6 +231,8 @@ void run_ttt_command(const TttArgs& a) {
   };
   TttResult r = run_ttt(w, tokens, bc, o);
   r.all_reduce_ranks();     // exact float64 sums: each document ran on one rank
+  std::vector<TttChunkTotals> chunks;
+  if (!a.dump.empty()) chunks = gather_chunks(r.chunks);
   if (!rk.root()) return;   // rank 0 reports
   const double ttt_s = std::chrono::duration<double>(clock::now() - start).count();
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
@@ -202,7 +282,7 @@ void run_ttt_command(const TttArgs& a) {
               {"ranks", rk.world}});
     std::printf("%s\n", j.dump().c_str());
   }
-  // --dump FILE.h5 (to come): r.docs / r.base_docs and r.chunks hold the per-document and per-chunk arrays.
+  if (!a.dump.empty()) write_ttt_dump(a, o, r, chunks, tokens, dev.precision_name);
 }
 
 }  // namespace
@@ -233,6 +313,7 @@ void register_ttt_command(CLI::App& app) {
   cmd->add_flag("--no-base", a->no_base, "skip the score without TTT (saves one forward per step after the first)");
   cmd->add_flag("--audit", a->audit, "legality checks on a sample of documents instead of the run; exit 1 on failure");
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
+  cmd->add_option("--dump", a->dump, "write per-document totals with and without TTT and per-chunk totals to this HDF5 file (pgolf report draws them)");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   cmd->callback([a]() { run_ttt_command(*a); });
 }
