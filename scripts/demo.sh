@@ -9,8 +9,9 @@
 #   bash scripts/demo.sh --full   # all 500 validation documents, TTT on all of them
 #
 # demo/ holds the tokenizer and the artifact; scripts/make-demo-model.sh regenerates both.
-# PG=path/to/pgolf uses that binary instead of installing and building (e.g. a
-# CUDA build: scripts/gpu_build.sh); CACHE=DIR a filled fetch-demo cache.
+# PG=path/to/pgolf uses that binary instead of installing and building (default
+# on a GPU machine with build-gpu/pgolf from scripts/gpu_build.sh); CACHE=DIR a
+# filled fetch-demo cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCS=100; TTT_DOCS=20
@@ -21,6 +22,8 @@ case "${1:-}" in
 esac
 D=build/demo
 t0=$EPOCHREALTIME
+# On a GPU machine where scripts/gpu_build.sh has built pgolf, use that build.
+if [ -z "${PG:-}" ] && [ -x build-gpu/pgolf ] && nvidia-smi -L >/dev/null 2>&1; then PG=build-gpu/pgolf; fi
 if [ -z "${PG:-}" ]; then
   bash scripts/install-deps.sh
   bash scripts/build.sh
