@@ -26,7 +26,7 @@ ReferenceOnly::~ReferenceOnly() { reference_only = previous; }
 namespace {
 
 // No ReferenceOnly in scope and no gradient to record through these inputs.
-bool kernels_allowed(std::initializer_list<at::Tensor> inputs) {
+[[maybe_unused]] bool kernels_allowed(std::initializer_list<at::Tensor> inputs) {  // CUDA builds only
   if (reference_only) return false;
   if (c10::GradMode::is_enabled())
     for (const at::Tensor& t : inputs)
