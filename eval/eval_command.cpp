@@ -71,14 +71,11 @@ void run_eval(const EvalArgs& a) {
   const ScoringDevice dev = choose_scoring_device(a.device, a.precision);
   const Ranks& rk = init_ranks(dev.cuda);
   const bool quiet = a.quiet || !rk.root();
-  std::string notes;
-  GptWeights w = load_model_file(a.model, &notes);
-  if (!notes.empty() && !quiet) std::fprintf(stderr, "%s: %s\n", a.model.path.c_str(), notes.c_str());
-  Tokenizer tok(a.tokenizer);
-  check_model_tokenizer(tok, a.tokenizer, w);
-  TokenStream stream(a.val);
-  stream.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
-  ByteCounter bc(tok, w.config.vocab_size);
+  ScoringInputs in(a.model, a.tokenizer, a.val, quiet);
+  GptWeights& w = in.w;
+  const Tokenizer& tok = in.tok;
+  const TokenStream& stream = in.stream;
+  const ByteCounter& bc = in.bc;
 
   const RuntimeInfo rt = runtime_info();
   const bool cuda = dev.cuda;

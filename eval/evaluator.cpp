@@ -131,14 +131,8 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
         // A target belongs to the document its context ends in: the BOS that
         // starts the next document is the last target of the previous one.
         const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
-        DocumentTotals& dt = r.docs[di];
         if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
-        dt.nll += v;
-        dt.bytes += nbytes;
-        dt.targets += 1;
-        r.nll_sum += v;
-        r.bytes += nbytes;
-        r.targets += 1;
+        r.count(v, nbytes, di);
       }
       r.tokens_in += win.len;
     }

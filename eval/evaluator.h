@@ -55,6 +55,16 @@ struct EvalResult {
   std::vector<DocumentTotals> docs;
   std::vector<ScoredTarget> scored;  // every scoring in plan order (capture_targets only)
 
+  // One scoring of a target of document `doc` (an index into docs).
+  void count(double nll, uint32_t nbytes, size_t doc) {
+    DocumentTotals& d = docs[doc];
+    d.nll += nll;
+    d.bytes += nbytes;
+    d.targets += 1;
+    nll_sum += nll;
+    bytes += nbytes;
+    targets += 1;
+  }
   double loss() const { return targets ? nll_sum / double(targets) : 0.0; }
   double bpb() const;
   // Standard error of bpb with documents as the sampling unit (ratio estimator).

@@ -55,16 +55,6 @@ BatchScores score_batch(const GptWeights& w, const at::Tensor& in, const at::Ten
   return s;
 }
 
-void count(EvalResult& r, double nll, uint32_t bytes, size_t doc) {
-  DocumentTotals& d = r.docs[doc];
-  d.nll += nll;
-  d.bytes += bytes;
-  d.targets += 1;
-  r.nll_sum += nll;
-  r.bytes += bytes;
-  r.targets += 1;
-}
-
 std::string trimmed(const std::string& s) {
   const size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t,");
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
@@ -207,8 +197,8 @@ std::vector<ComparisonResult> compare_models(const GptWeights& reference, const 
         const int64_t at_kj = int64_t(k) * L + j;
         for (size_t i = 0; i < K; ++i) {
           ComparisonResult& c = out[i];
-          count(c.reference, pref[at_kj], nbytes, di);
-          count(c.model, pmod[i][at_kj], nbytes, di);
+          c.reference.count(pref[at_kj], nbytes, di);
+          c.model.count(pmod[i][at_kj], nbytes, di);
           const double v = pkl[i][row];
           c.kl_sum += v;
           c.kl_max = std::max(c.kl_max, v);

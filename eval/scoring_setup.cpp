@@ -1,6 +1,9 @@
 #include "eval/scoring_setup.h"
 
+#include <cstdio>
+
 #include "data/error.h"
+#include "quant/model_files.h"
 #include "data/tokenizer.h"
 #include "model/pch.h"
 #include "model/runtime.h"
@@ -11,6 +14,28 @@ void check_model_tokenizer(const Tokenizer& tok, const std::string& tokenizer_pa
   if (tok.vocab_size() != w.config.vocab_size)
     fail(tokenizer_path, "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model's vocab_size is " +
                              std::to_string(w.config.vocab_size) + ": not the model's tokenizer");
+}
+
+namespace {
+GptWeights load_noting(const ModelSource& model, bool quiet) {
+  std::string notes;
+  GptWeights w = load_model_file(model, &notes);
+  if (!notes.empty() && !quiet) std::fprintf(stderr, "%s: %s\n", model.path.c_str(), notes.c_str());
+  return w;
+}
+const Tokenizer& vocab_checked(const Tokenizer& tok, const std::string& path, const GptWeights& w) {
+  check_model_tokenizer(tok, path, w);
+  return tok;
+}
+}  // namespace
+
+ScoringInputs::ScoringInputs(const ModelSource& model, const std::string& tokenizer_path,
+                             const std::vector<std::string>& val, bool quiet)
+    : w(load_noting(model, quiet)),
+      tok(tokenizer_path),
+      bc(vocab_checked(tok, tokenizer_path, w), w.config.vocab_size),
+      stream(val) {
+  stream.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
 }
 
 ScoringDevice choose_scoring_device(const std::string& device, const std::string& precision) {

@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <string>
 
+#include "data/byte_counter.h"
+#include "data/token_stream.h"
+#include "data/tokenizer.h"
 #include "model/gpt.h"
 #include "model/model_io.h"
 
@@ -21,6 +24,18 @@ void add_model_options(CLI::App* cmd, ModelSource& m);
 
 // Throws naming tokenizer_path unless the tokenizer has the model's vocab size.
 void check_model_tokenizer(const Tokenizer& tok, const std::string& tokenizer_path, const GptWeights& w);
+
+// What `pgolf eval` and `pgolf ttt` score with: the model (its load notes on
+// stderr unless quiet), its tokenizer (checked against the model's vocab), the
+// validation stream (ids checked below the vocab) and its byte tables.
+struct ScoringInputs {
+  ScoringInputs(const ModelSource& model, const std::string& tokenizer_path, const std::vector<std::string>& val,
+                bool quiet);
+  GptWeights w;
+  Tokenizer tok;
+  ByteCounter bc;  // built after the vocab check, so a wrong tokenizer fails first
+  TokenStream stream;
+};
 
 struct ScoringDevice {
   bool cuda = false;
