@@ -2,8 +2,11 @@
 // spirit of llm.c's dev/cuda): each kernel against a float64 CPU reference and
 // against the same step as plain ATen ops on the GPU, on eval-sized shapes.
 // Prints max abs error (in bf16 steps of the output where useful), time per
-// call and achieved bandwidth. Usage: pgolf_fused_check [rows]
+// call and achieved bandwidth; then the same for forward + backward (the
+// gradients of sum(out * u) for a fixed random u, against float64 autograd).
+// Usage: pgolf_fused_check [rows]
 #include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -61,6 +64,57 @@ void report(const char* name, double bytes, const Inputs& in, const Op& op) {
               name, ek, ea, scale, 100 * diff, tk, bytes / tk / 1e6, ta, ta / tk);
 }
 
+using GradOp = std::function<std::vector<at::Tensor>(const std::map<std::string, at::Tensor>&, at::ScalarType act,
+                                                      at::ScalarType math)>;
+
+// The inputs `wrt` of `base` as leaves that require grad.
+std::map<std::string, at::Tensor> with_leaves(const std::map<std::string, at::Tensor>& base,
+                                              const std::vector<std::string>& wrt, std::vector<at::Tensor>& leaves) {
+  std::map<std::string, at::Tensor> t = base;
+  leaves.clear();
+  for (const std::string& n : wrt) leaves.push_back(t[n] = base.at(n).detach().clone().requires_grad_(true));
+  return t;
+}
+
+// Forward, then the gradients of the leaves for upstream gradients `ups`
+// (one per output, in the outputs' types and device).
+std::vector<at::Tensor> grads(const std::map<std::string, at::Tensor>& t, const std::vector<at::Tensor>& leaves,
+                              at::ScalarType act, at::ScalarType math, const GradOp& op,
+                              const std::vector<at::Tensor>& ups) {
+  return torch::autograd::grad(op(t, act, math), leaves, ups);
+}
+
+void report_grad(const char* name, double bytes, const Inputs& in, const std::vector<std::string>& wrt,
+                 const GradOp& op) {
+  std::vector<at::Tensor> lc, lg;
+  const auto tc = with_leaves(in.cpu, wrt, lc), tg = with_leaves(in.gpu, wrt, lg);
+  std::vector<at::Tensor> up_c, up_g;  // upstream gradients: bf16 values, fixed per op
+  for (const at::Tensor& o : op(tc, at::kDouble, at::kDouble))
+    up_c.push_back(at::randn(o.sizes(), at::kDouble).to(at::kBFloat16).to(at::kDouble));
+  const std::vector<at::Tensor> outs_g = op(tg, at::kBFloat16, at::kFloat);
+  for (size_t i = 0; i < up_c.size(); ++i) up_g.push_back(up_c[i].to(outs_g[i].scalar_type()).to(at::kCUDA));
+  const std::vector<at::Tensor> ref = grads(tc, lc, at::kDouble, at::kDouble, op, up_c);
+  std::vector<at::Tensor> k, a;
+  k = grads(tg, lg, at::kBFloat16, at::kFloat, op, up_g);
+  {
+    fused::ReferenceOnly only;
+    a = grads(tg, lg, at::kBFloat16, at::kFloat, op, up_g);
+  }
+  std::printf("%-13s grad", name);
+  for (size_t i = 0; i < wrt.size(); ++i) {
+    const at::Tensor r = ref[i], gk = k[i].cpu().to(at::kDouble), ga = a[i].cpu().to(at::kDouble);
+    const double scale = r.abs().max().item<double>();
+    std::printf(" %s: kernel %.3g aten %.3g (max|ref| %.3g);", wrt[i].c_str(), (gk - r).abs().max().item<double>(),
+                (ga - r).abs().max().item<double>(), scale);
+  }
+  const double tk = time_ms([&] { grads(tg, lg, at::kBFloat16, at::kFloat, op, up_g); });
+  const double ta = time_ms([&] {
+    fused::ReferenceOnly only;
+    grads(tg, lg, at::kBFloat16, at::kFloat, op, up_g);
+  });
+  std::printf(" | fwd+bwd kernel %.3f ms %5.0f GB/s | aten %.3f ms | %.1fx\n", tk, bytes / tk / 1e6, ta, ta / tk);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -78,10 +132,11 @@ int main(int argc, char** argv) {
   const at::Tensor h = bf(at::randn({N, F}));
   const int64_t n_logits = std::min<int64_t>(N, 8192);
   const at::Tensor logits = bf(at::randn({n_logits, V}) * 8), tg = at::randint(V, {n_logits}, at::kLong);
+  const at::Tensor delta = bf(at::randn({n_logits, V}));
   Inputs in;
   in.add("x", x), in.add("x0", x0), in.add("a", a), in.add("mix", mix), in.add("scale", scale);
   in.add("q", q), in.add("gain", gain), in.add("cos", cos), in.add("sin", sin), in.add("h", h);
-  in.add("logits", logits), in.add("tg", tg);
+  in.add("logits", logits), in.add("tg", tg), in.add("delta", delta);
   std::printf("fused kernels vs a float64 CPU reference and ATen ops on the GPU; rows %lld, d %lld\n",
               (long long)N, (long long)d);
   using M = const std::map<std::string, at::Tensor>&;
@@ -104,7 +159,41 @@ int main(int argc, char** argv) {
     return fused::relu_square(t.at("h"), 0.5, m);
   });
   report("softcap_nll", 2.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
-    return fused::softcap_nll(t.at("logits"), t.at("tg"), 30.0, m);
+    return fused::softcap_nll(t.at("logits"), at::Tensor(), t.at("tg"), 30.0, m);
+  });
+  report("softcap+delta", 4.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::softcap_nll(t.at("logits"), t.at("delta"), t.at("tg"), 30.0, m);
+  });
+
+  // Forward + backward. Bytes: the backward's own traffic (inputs re-read,
+  // upstream gradients read, input gradients written) plus the forward's.
+  std::printf("\nforward + backward: gradients vs float64 autograd on the CPU, kernels vs ATen on the GPU\n");
+  using Outs = std::vector<at::Tensor>;
+  report_grad("rms_norm", 8.0 * N * d, in, {"x"}, [&](M t, at::ScalarType act, at::ScalarType m) {
+    return Outs{fused::rms_norm(t.at("x"), 0.5, eps, act, m)};
+  });
+  report_grad("mix_norm", 20.0 * N * d, in, {"x", "x0", "mix"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [x_in, n] = fused::mix_norm(t.at("x"), t.at("x0"), t.at("mix"), 1.0, eps, m);
+    return Outs{x_in, n};
+  });
+  report_grad("add_scaled", 14.0 * N * d, in, {"x", "a", "scale"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::add_scaled(t.at("x"), t.at("a"), t.at("scale"), m)};
+  });
+  report_grad("add_norm", 20.0 * N * d, in, {"x", "a", "scale"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [y, n] = fused::add_norm(t.at("x"), t.at("a"), t.at("scale"), 1.0, eps, m);
+    return Outs{y, n};
+  });
+  report_grad("qk_norm_rope", 10.0 * B * T * H * hd, in, {"q", "gain"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::qk_norm_rope(t.at("q"), H, t.at("cos"), t.at("sin"), t.at("gain"), eps, m)};
+  });
+  report_grad("relu_square", 10.0 * N * F, in, {"h"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::relu_square(t.at("h"), 0.5, m)};
+  });
+  report_grad("softcap_nll", 6.0 * n_logits * V, in, {"logits"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::softcap_nll(t.at("logits"), at::Tensor(), t.at("tg"), 30.0, m)};
+  });
+  report_grad("softcap+delta", 10.0 * n_logits * V, in, {"logits", "delta"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::softcap_nll(t.at("logits"), t.at("delta"), t.at("tg"), 30.0, m)};
   });
   (void)KV;
   return 0;

@@ -3,6 +3,7 @@
 #include "eval/evaluator.h"
 
 #include <cmath>
+#include <deque>
 
 #include "data/byte_counter.h"
 #include "data/document_index.h"
@@ -82,7 +83,7 @@ WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
 }
 
 EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bc, const EvalOptions& o) {
-  c10::NoGradGuard no_grad;  // scoring only (and the fused CUDA kernels have no backward)
+  c10::NoGradGuard no_grad;  // scoring only
   const std::vector<uint16_t> tok = stream.slice(0, stream.size());
   const WindowPlan plan = make_eval_plan(tok.size(), o);
   const int64_t L = o.seq_len;
@@ -101,6 +102,36 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   if (o.capture_targets) r.scored.reserve(to_score);
 
   const at::Device device = w.get("tok_emb.weight").device();
+  // Batches whose NLL is still on the device: the host prepares and queues the
+  // next batches while the GPU runs these, and reads each one back in order.
+  struct Pending {
+    size_t b0, nb;
+    at::Tensor nll;  // [nb, L]
+  };
+  std::deque<Pending> pending;
+  auto read_back = [&](size_t keep) {
+    for (; pending.size() > keep; pending.pop_front()) {
+      const Pending& p = pending.front();
+      const at::Tensor nll = p.nll.to(at::kCPU).to(at::kDouble);
+      auto pn = nll.accessor<double, 2>();
+      for (size_t k = 0; k < p.nb; ++k) {
+        const Window& win = plan.windows[p.b0 + k];
+        for (uint32_t j = win.score_from; j < win.len; ++j) {
+          const uint64_t t = win.start + j;  // target index: predicts tok[t + 1] after tok[t]
+          const double v = pn[int64_t(k)][j];
+          const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
+          // A target belongs to the document its context ends in: the BOS that
+          // starts the next document is the last target of the previous one.
+          const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
+          if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
+          r.count(v, nbytes, di);
+        }
+        r.tokens_in += win.len;
+      }
+      r.windows += p.nb;
+      if (o.progress) o.progress(r.targets, to_score);
+    }
+  };
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
     // inputs / targets [nb, L] (short windows padded with 0), score mask [nb, L].
@@ -111,34 +142,20 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
     for (size_t k = 0; k < nb; ++k) {
       const Window& win = plan.windows[b0 + k];
       for (uint32_t j = 0; j < win.len; ++j) {
-        pin[k][j] = tok[win.start + j];
-        ptg[k][j] = tok[win.start + j + 1];
-        pm[k][j] = j >= win.score_from;
+        pin[int64_t(k)][j] = tok[win.start + j];
+        ptg[int64_t(k)][j] = tok[win.start + j + 1];
+        pm[int64_t(k)][j] = j >= win.score_from;
       }
     }
     ForwardOptions fo;
     fo.precision = o.precision;
-    fo.score_mask = mask.to(device);
-    if (o.doc_mask) fo.segment_ids = (in == int64_t(o.bos_id)).to(at::kLong).cumsum(1).to(device);
-    at::Tensor nll = forward_nll(w, in.to(device), tg.to(device), fo).to(at::kCPU).to(at::kDouble);
-    auto pn = nll.accessor<double, 2>();
-    for (size_t k = 0; k < nb; ++k) {
-      const Window& win = plan.windows[b0 + k];
-      for (uint32_t j = win.score_from; j < win.len; ++j) {
-        const uint64_t t = win.start + j;  // target index: predicts tok[t + 1] after tok[t]
-        const double v = pn[k][j];
-        const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
-        // A target belongs to the document its context ends in: the BOS that
-        // starts the next document is the last target of the previous one.
-        const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
-        if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
-        r.count(v, nbytes, di);
-      }
-      r.tokens_in += win.len;
-    }
-    r.windows += nb;
-    if (o.progress) o.progress(r.targets, to_score);
+    fo.score_mask = to_device(mask, device);
+    fo.positions = find_score_positions(mask, device);
+    if (o.doc_mask) fo.segment_ids = to_device((in == int64_t(o.bos_id)).to(at::kLong).cumsum(1), device);
+    pending.push_back({b0, nb, forward_nll(w, to_device(in, device), to_device(tg, device), fo)});
+    read_back(2);
   }
+  read_back(0);
   return r;
 }
 

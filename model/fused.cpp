@@ -4,6 +4,8 @@
 
 #include "model/pch.h"
 #if PGOLF_WITH_CUDA
+#include <torch/csrc/autograd/custom_function.h>
+
 #include "model/fused_cuda.h"
 #endif
 
@@ -25,33 +27,203 @@ ReferenceOnly::~ReferenceOnly() { reference_only = previous; }
 
 namespace {
 
-// No ReferenceOnly in scope and no gradient to record through these inputs.
-[[maybe_unused]] bool kernels_allowed(std::initializer_list<at::Tensor> inputs) {  // CUDA builds only
-  if (reference_only) return false;
-  if (c10::GradMode::is_enabled())
-    for (const at::Tensor& t : inputs)
-      if (t.defined() && t.requires_grad()) return false;
-  return true;
+// A gradient to record through one of these inputs: the kernels then run
+// inside an autograd Function with their backward kernels.
+[[maybe_unused]] bool records_grad(std::initializer_list<at::Tensor> inputs) {  // CUDA builds only
+  if (!c10::GradMode::is_enabled()) return false;
+  for (const at::Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
 }
 
 }  // namespace
 
 bool use_kernels(std::initializer_list<at::Tensor> inputs) {
 #if PGOLF_WITH_CUDA
-  if (inputs.size() == 0) return false;
+  if (inputs.size() == 0 || reference_only) return false;
   const at::Tensor& x = *inputs.begin();
-  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && kernels_allowed(inputs);
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16;
 #else
   (void)inputs;
   return false;
 #endif
 }
 
+#if PGOLF_WITH_CUDA
+namespace {
+
+// Autograd Functions around the kernels: forward = the forward kernel,
+// backward = the backward kernels of model/fused_cuda.h. They save the
+// inputs (not the float32 intermediates the ATen graph would keep) and
+// recompute the per-row norms. Gradients of outputs nobody used arrive
+// undefined (materialize_grads off) and count as zero.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor contig(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+// Function inputs must be defined tensors: an absent optional input travels
+// as an empty one (same device) and is turned back into "none" inside.
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options().dtype(at::kFloat));
+}
+at::Tensor none_if_empty(const at::Tensor& t) { return t.numel() ? t : at::Tensor(); }
+
+struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double factor, double eps) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({x});
+    ctx->saved_data["factor"] = factor;
+    ctx->saved_data["eps"] = eps;
+    return cuda::rms_norm(x, factor, eps);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    return {cuda::rms_norm_backward(x, contig(g[0]), ctx->saved_data["factor"].toDouble(),
+                                    ctx->saved_data["eps"].toDouble()),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+// (x_in, n) = mix_norm(x, x0, mix).
+struct MixNormFn : torch::autograd::Function<MixNormFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& x0, const at::Tensor& mix,
+                               double factor, double eps) {
+    ctx->set_materialize_grads(false);
+    auto [x_in, n] = cuda::mix_norm(x, x0, mix, factor, eps);
+    ctx->save_for_backward({x, x0, mix, x_in});
+    ctx->saved_data["factor"] = factor;
+    ctx->saved_data["eps"] = eps;
+    return {x_in, n};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &x0 = s[1], &mix = s[2], &x_in = s[3];
+    if (!g[0].defined() && !g[1].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool gx = ctx->needs_input_grad(0), gx0 = ctx->needs_input_grad(1), gmix = ctx->needs_input_grad(2);
+    cuda::NormGrads r = cuda::residual_norm_backward(x_in, contig(g[0]), contig(g[1]), gx ? mix[0] : at::Tensor(),
+                                                     gx0 ? mix[1] : at::Tensor(), gmix,
+                                                     ctx->saved_data["factor"].toDouble(),
+                                                     ctx->saved_data["eps"].toDouble());
+    at::Tensor dmix = gmix ? at::stack({cuda::col_dot(r.gt, x), cuda::col_dot(r.gt, x0)}) : at::Tensor();
+    return {r.o1, r.o2, dmix, at::Tensor(), at::Tensor()};
+  }
+};
+
+// y = x + scale a.
+struct AddScaledFn : torch::autograd::Function<AddScaledFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& a, const at::Tensor& scale) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({a, scale});
+    return cuda::add_scaled(x, a, scale);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor gy = g[0].contiguous();
+    return {ctx->needs_input_grad(0) ? gy : at::Tensor(),
+            ctx->needs_input_grad(1) ? cuda::scale_cols(gy, s[1]) : at::Tensor(),
+            ctx->needs_input_grad(2) ? cuda::col_dot(gy, s[0]) : at::Tensor()};
+  }
+};
+
+// (y, n) = add_norm(x, a, scale).
+struct AddNormFn : torch::autograd::Function<AddNormFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& a, const at::Tensor& scale,
+                               double factor, double eps) {
+    ctx->set_materialize_grads(false);
+    auto [y, n] = cuda::add_norm(x, a, scale, factor, eps);
+    ctx->save_for_backward({a, scale, y});
+    ctx->saved_data["factor"] = factor;
+    ctx->saved_data["eps"] = eps;
+    return {y, n};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &a = s[0], &scale = s[1], &y = s[2];
+    if (!g[0].defined() && !g[1].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool gx = ctx->needs_input_grad(0), ga = ctx->needs_input_grad(1), gs = ctx->needs_input_grad(2);
+    cuda::NormGrads r = cuda::residual_norm_backward(y, contig(g[0]), contig(g[1]), ga ? scale : at::Tensor(),
+                                                     at::Tensor(), gx || gs, ctx->saved_data["factor"].toDouble(),
+                                                     ctx->saved_data["eps"].toDouble());
+    return {gx ? r.gt : at::Tensor(), r.o1, gs ? cuda::col_dot(r.gt, a) : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct QkNormRopeFn : torch::autograd::Function<QkNormRopeFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& gain, int64_t heads,
+                            const at::Tensor& cos, const at::Tensor& sin, double eps) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({q, gain, cos, sin});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["eps"] = eps;
+    return cuda::qk_norm_rope(q, heads, cos, sin, none_if_empty(gain), eps);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    const variable_list none(6);
+    if (!g[0].defined()) return none;
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor q = s[0], gain = none_if_empty(s[1]);
+    auto [gq, ggain] = cuda::qk_norm_rope_backward(q, g[0].contiguous(), ctx->saved_data["heads"].toInt(), s[2], s[3],
+                                                   gain, gain.defined() && ctx->needs_input_grad(1),
+                                                   ctx->saved_data["eps"].toDouble());
+    variable_list out = none;
+    if (ctx->needs_input_grad(0)) out[0] = gq;
+    out[1] = ggain;
+    return out;
+  }
+};
+
+struct ReluSquareFn : torch::autograd::Function<ReluSquareFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, double slope) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({h});
+    ctx->saved_data["slope"] = slope;
+    return cuda::relu_square(h, slope);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return {at::Tensor(), at::Tensor()};
+    return {cuda::relu_square_backward(ctx->get_saved_variables()[0], g[0].contiguous(),
+                                       ctx->saved_data["slope"].toDouble()),
+            at::Tensor()};
+  }
+};
+
+// nll = softcap_nll(logits (+ delta)); the targets are not differentiable.
+struct SoftcapNllFn : torch::autograd::Function<SoftcapNllFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& delta,
+                            const at::Tensor& targets, double cap) {
+    ctx->set_materialize_grads(false);
+    auto [nll, lse] = cuda::softcap_nll(logits, none_if_empty(delta), targets, cap, true);
+    ctx->save_for_backward({logits, delta, targets, lse});
+    ctx->saved_data["cap"] = cap;
+    return nll;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    const variable_list none(4);
+    if (!g[0].defined()) return none;
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor delta = none_if_empty(s[1]);
+    at::Tensor gl = cuda::softcap_nll_backward(s[0], delta, s[2], s[3], g[0].to(at::kFloat).contiguous(),
+                                               ctx->saved_data["cap"].toDouble());
+    variable_list out = none;
+    if (ctx->needs_input_grad(0)) out[0] = gl;
+    if (delta.defined() && ctx->needs_input_grad(1)) out[1] = gl;
+    return out;
+  }
+};
+
+}  // namespace
+#endif
+
 at::Tensor rms_norm(const at::Tensor& x, double factor, double eps, at::ScalarType act, at::ScalarType math) {
 #if PGOLF_WITH_CUDA
   if (act == at::kBFloat16 && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat) &&
-      kernels_allowed({x}))
-    return cuda::rms_norm(x, factor, eps);
+      !reference_only) {
+    const at::Tensor xc = x.contiguous();
+    return records_grad({xc}) ? RmsNormFn::apply(xc, factor, eps) : cuda::rms_norm(xc, factor, eps);
+  }
 #endif
   return scaled(rms(x.to(math), eps), factor).to(act);
 }
@@ -59,7 +231,12 @@ at::Tensor rms_norm(const at::Tensor& x, double factor, double eps, at::ScalarTy
 std::pair<at::Tensor, at::Tensor> mix_norm(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& mix,
                                            double factor, double eps, at::ScalarType math) {
 #if PGOLF_WITH_CUDA
-  if (use_kernels({x, x0, mix})) return cuda::mix_norm(x, x0, mix.to(at::kFloat), factor, eps);
+  if (use_kernels({x, x0, mix})) {
+    const at::Tensor xc = x.contiguous(), x0c = x0.contiguous(), m = mix.to(at::kFloat).contiguous();
+    if (!records_grad({xc, x0c, m})) return cuda::mix_norm(xc, x0c, m, factor, eps);
+    variable_list r = MixNormFn::apply(xc, x0c, m, factor, eps);
+    return {r[0], r[1]};
+  }
 #endif
   const at::Tensor m = mix.to(math);
   at::Tensor x_in = (m[0] * x.to(math) + m[1] * x0.to(math)).to(x.scalar_type());
@@ -68,7 +245,10 @@ std::pair<at::Tensor, at::Tensor> mix_norm(const at::Tensor& x, const at::Tensor
 
 at::Tensor add_scaled(const at::Tensor& x, const at::Tensor& a, const at::Tensor& scale, at::ScalarType math) {
 #if PGOLF_WITH_CUDA
-  if (use_kernels({x, a, scale})) return cuda::add_scaled(x, a, scale.to(at::kFloat));
+  if (use_kernels({x, a, scale})) {
+    const at::Tensor xc = x.contiguous(), ac = a.contiguous(), sc = scale.to(at::kFloat).contiguous();
+    return records_grad({xc, ac, sc}) ? AddScaledFn::apply(xc, ac, sc) : cuda::add_scaled(xc, ac, sc);
+  }
 #endif
   return (x.to(math) + scale.to(math) * a.to(math)).to(x.scalar_type());
 }
@@ -76,7 +256,12 @@ at::Tensor add_scaled(const at::Tensor& x, const at::Tensor& a, const at::Tensor
 std::pair<at::Tensor, at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& a, const at::Tensor& scale,
                                            double factor, double eps, at::ScalarType math) {
 #if PGOLF_WITH_CUDA
-  if (use_kernels({x, a, scale})) return cuda::add_norm(x, a, scale.to(at::kFloat), factor, eps);
+  if (use_kernels({x, a, scale})) {
+    const at::Tensor xc = x.contiguous(), ac = a.contiguous(), sc = scale.to(at::kFloat).contiguous();
+    if (!records_grad({xc, ac, sc})) return cuda::add_norm(xc, ac, sc, factor, eps);
+    variable_list r = AddNormFn::apply(xc, ac, sc, factor, eps);
+    return {r[0], r[1]};
+  }
 #endif
   at::Tensor y = add_scaled(x, a, scale, math);
   return {y, scaled(rms(y.to(math), eps), factor).to(x.scalar_type())};
@@ -86,9 +271,12 @@ at::Tensor qk_norm_rope(const at::Tensor& q, int64_t heads, const at::Tensor& co
                         const at::Tensor& gain, double eps, at::ScalarType math) {
   const int64_t B = q.size(0), T = q.size(1), hd = q.size(2) / heads, half = cos.size(-1);
 #if PGOLF_WITH_CUDA
-  if (use_kernels({q, gain})) return cuda::qk_norm_rope(q.contiguous(), heads, cos.to(at::kFloat).contiguous(),
-                                                sin.to(at::kFloat).contiguous(),
-                                                gain.defined() ? gain.to(at::kFloat).contiguous() : gain, eps);
+  if (use_kernels({q, gain})) {
+    const at::Tensor qc = q.contiguous(), g = gain.defined() ? gain.to(at::kFloat).contiguous() : gain;
+    const at::Tensor c = cos.to(at::kFloat).contiguous(), s = sin.to(at::kFloat).contiguous();
+    if (!records_grad({qc, g})) return cuda::qk_norm_rope(qc, heads, c, s, g, eps);
+    return QkNormRopeFn::apply(qc, or_empty(g, qc), heads, c, s, eps);
+  }
 #endif
   at::Tensor x = rms(q.reshape({B, T, heads, hd}).to(math), eps);
   const at::Tensor c = cos.to(math).unsqueeze(1), s = sin.to(math).unsqueeze(1);  // [T, 1, half]
@@ -102,18 +290,27 @@ at::Tensor qk_norm_rope(const at::Tensor& q, int64_t heads, const at::Tensor& co
 
 at::Tensor relu_square(const at::Tensor& h, double slope, at::ScalarType math) {
 #if PGOLF_WITH_CUDA
-  if (use_kernels({h})) return cuda::relu_square(h, slope);
+  if (use_kernels({h})) {
+    const at::Tensor hc = h.contiguous();
+    return records_grad({hc}) ? ReluSquareFn::apply(hc, slope) : cuda::relu_square(hc, slope);
+  }
 #endif
   at::Tensor a = h.to(math);
   a = slope != 0.0 ? at::leaky_relu(a, slope) : at::relu(a);
   return (a * a).to(h.scalar_type());
 }
 
-at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& targets, double cap, at::ScalarType math) {
+at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const at::Tensor& targets, double cap,
+                       at::ScalarType math) {
 #if PGOLF_WITH_CUDA
-  if (use_kernels({logits})) return cuda::softcap_nll(logits.contiguous(), targets.contiguous(), cap);
+  if (use_kernels({logits, delta}) && (!delta.defined() || delta.scalar_type() == at::kBFloat16)) {
+    const at::Tensor l = logits.contiguous(), dl = contig(delta), t = targets.contiguous();
+    if (!records_grad({l, dl})) return cuda::softcap_nll(l, dl, t, cap, false).first;
+    return SoftcapNllFn::apply(l, or_empty(dl, l), t, cap);
+  }
 #endif
   at::Tensor z = logits.to(math);
+  if (delta.defined()) z = z + delta.to(math);
   z = cap * at::tanh(z / cap);
   return at::logsumexp(z, -1) - z.gather(1, targets.unsqueeze(1)).squeeze(1);
 }

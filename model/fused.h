@@ -12,8 +12,12 @@
 // kernels use __fmul_rn / __fadd_rn, no contraction into FMAs), so the two
 // implementations differ only in the order of the sum inside the RMS norm.
 //
-// The kernels have no backward: the reference runs whenever autograd would
-// record (grad mode on and an input that requires grad).
+// Backward: when autograd records (grad mode on, an input that requires
+// grad), the kernels run inside an autograd Function whose backward is made
+// of CUDA kernels too (model/fused_cuda.h): float32 math, each gradient
+// rounded to its tensor's type where the ATen graph rounds it; the sums
+// inside differ in order from ATen's, so gradients agree to bf16 rounding,
+// not bit for bit.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -23,7 +27,7 @@
 namespace pgolf::fused {
 
 // True when the CUDA kernels apply to these inputs: a CUDA build, the first a
-// CUDA bf16 tensor, no gradient to record, no ReferenceOnly in scope.
+// CUDA bf16 tensor, no ReferenceOnly in scope.
 bool use_kernels(std::initializer_list<at::Tensor> inputs);
 
 // While one is alive (on this thread), every function takes its reference
@@ -62,8 +66,11 @@ at::Tensor qk_norm_rope(const at::Tensor& q, int64_t heads, const at::Tensor& co
 // h [N, F] act -> round(a^2), a = leaky_relu(h, slope) (slope 0: relu).
 at::Tensor relu_square(const at::Tensor& h, double slope, at::ScalarType math);
 
-// logits [n, V] act, targets [n] int64 -> NLL [n] in `math`:
-// logsumexp(z) - z[target], z = cap * tanh(logits / cap).
-at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& targets, double cap, at::ScalarType math);
+// logits [n, V] act, delta [n, V] act or undefined, targets [n] int64 -> NLL
+// [n] in `math`: logsumexp(z) - z[target], z = cap * tanh(l / cap), l =
+// logits + delta summed in `math` (the TTT head adapter's delta: the compiled
+// reference adds it inside the softcap's fused kernel).
+at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const at::Tensor& targets, double cap,
+                       at::ScalarType math);
 
 }  // namespace pgolf::fused

@@ -2,6 +2,7 @@
 
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -52,7 +53,9 @@ struct Ctx {
     const LoraAdapter* a = adapter(key);
     if (!a) return y;
     at::Tensor xa = at::bmm(store(x), a->A.to(act).transpose(1, 2));  // [B, T, r]
-    return store(up(y) + up(at::bmm(xa, a->B.to(act).transpose(1, 2))));
+    // One add in the activation type: ATen adds bf16 in float32 and rounds
+    // once, the same value as round(float(y) + float(delta)).
+    return y + at::bmm(xa, a->B.to(act).transpose(1, 2));
   }
 };
 
@@ -184,24 +187,17 @@ at::Tensor add_skip(const Ctx& c, int j, const at::Tensor& x, const at::Tensor& 
 // when undefined), in row-major order: [n, V] act; undefined without one.
 // x [B, T, E] is the head's input. Batched: bmm over [B, T', E] with T' the
 // columns holding a scored position, in row groups of bounded size.
-at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const at::Tensor& mask) {
+at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const ScorePositions& pos) {
   const LoraAdapter* a = c.adapter("head");
   if (!a) return {};
-  const int64_t B = x.size(0), T = x.size(1), V = a->B.size(1);
-  at::Tensor m = mask.defined() ? mask : at::ones({B, T}, x.options().dtype(at::kBool));
-  const at::Tensor cols = m.any(0).nonzero().squeeze(1);  // [T']
-  const at::Tensor xs = c.store(x).index_select(1, cols), ms = m.index_select(1, cols);  // [B, T', E], [B, T']
-  const int64_t Tp = cols.size(0);
-  if (Tp == 0) return at::zeros({0, V}, x.options().dtype(c.act));
-  const int64_t group = std::max<int64_t>(1, (int64_t(64) << 20) / (Tp * V));  // elements per delta block
-  std::vector<at::Tensor> parts;
-  for (int64_t b0 = 0; b0 < B; b0 += group) {
-    const int64_t n = std::min(group, B - b0);
-    at::Tensor xa = at::bmm(xs.narrow(0, b0, n), a->A.narrow(0, b0, n).to(c.act).transpose(1, 2));  // [n, T', r]
-    at::Tensor d = at::bmm(xa, a->B.narrow(0, b0, n).to(c.act).transpose(1, 2));                    // [n, T', V]
-    parts.push_back(d.reshape({n * Tp, V}).index_select(0, ms.narrow(0, b0, n).reshape({-1}).nonzero().squeeze(1)));
-  }
-  return parts.size() == 1 ? parts[0] : at::cat(parts);
+  // x [B, T, E] -> xa [B, T, r] -> the scored positions in per-row slots
+  // [B, R, r] -> delta [B, R, V] -> [n, V] in row-major order.
+  const int64_t B = x.size(0), T = x.size(1), R = pos.max_per_row, V = a->B.size(1);
+  if (R == 0) return at::zeros({0, V}, x.options().dtype(c.act));
+  at::Tensor xa = at::bmm(c.store(x), a->A.to(c.act).transpose(1, 2));
+  xa = xa.reshape({B * T, xa.size(2)}).index_select(0, pos.slot_src).view({B, R, -1});
+  const at::Tensor d = at::bmm(xa, a->B.to(c.act).transpose(1, 2));
+  return d.reshape({B * R, V}).index_select(0, pos.slot_of);
 }
 
 at::Tensor orthogonal(const std::vector<int64_t>& shape, at::Generator& gen) {
@@ -217,6 +213,38 @@ at::Tensor orthogonal(const std::vector<int64_t>& shape, at::Generator& gen) {
 }  // namespace
 
 std::string lora_key(int step, const std::string& site) { return "step." + std::to_string(step) + "." + site; }
+
+at::Tensor to_device(const at::Tensor& cpu, const at::Device& device) {
+  if (!device.is_cuda()) return cpu.to(device);
+  return cpu.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& device) {
+  TORCH_CHECK(mask.dim() == 2 && mask.device().is_cpu(), "find_score_positions: mask must be [B, T] on the CPU");
+  const at::Tensor m = mask.to(at::kBool).contiguous();
+  const int64_t B = m.size(0), T = m.size(1);
+  const bool* pm = m.data_ptr<bool>();
+  std::vector<int64_t> rows, counts(size_t(B), 0);
+  for (int64_t i = 0; i < B * T; ++i)
+    if (pm[i]) rows.push_back(i), ++counts[size_t(i / T)];
+  ScorePositions p;
+  p.max_per_row = B ? *std::max_element(counts.begin(), counts.end()) : 0;
+  const int64_t R = p.max_per_row;
+  std::vector<int64_t> src(size_t(B * R)), slot(rows.size());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < R; ++k) src[size_t(b * R + k)] = b * T;
+  std::vector<int64_t> seen(size_t(B), 0);
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const int64_t b = rows[j] / T, k = seen[size_t(b)]++;
+    src[size_t(b * R + k)] = rows[j];
+    slot[j] = b * R + k;
+  }
+  auto dev = [&](const std::vector<int64_t>& v) { return to_device(at::tensor(v, at::kLong), device); };
+  p.rows = dev(rows);
+  p.slot_src = dev(src);
+  p.slot_of = dev(slot);
+  return p;
+}
 
 double GptNumerics::norm_eps() {
   // The reference calls F.rms_norm(x, (d,)) with eps=None. ATen then uses the
@@ -406,30 +434,32 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   // The head and the loss only where scored, a bounded number of rows at a time.
   at::Tensor h = x.reshape({B * T, x.size(-1)});
   at::Tensor tgt = targets.reshape({-1});
+  // The scored positions: the caller's, else found here (a wait for the GPU).
+  ScorePositions pos = opt.positions;
+  if (opt.score_mask.defined() && !pos.rows.defined())
+    pos = find_score_positions(opt.score_mask.to(at::kCPU), inputs.device());
+  if (!opt.score_mask.defined() && opt.lora && opt.lora->adapters.count("head"))
+    pos = find_score_positions(at::ones({B, T}, at::kBool), inputs.device());
   at::Tensor rows;
   if (opt.score_mask.defined()) {
-    rows = opt.score_mask.reshape({-1}).nonzero().squeeze(1);
+    rows = pos.rows;
     h = h.index_select(0, rows);
     tgt = tgt.index_select(0, rows);
   }
   const std::string head_name = cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight";
   if (*c.tap) (*c.tap)(head_name, h);
   const at::Tensor head = c.mm_weight(head_name);
-  auto nll_of = [&](const at::Tensor& logits_proj, const at::Tensor& t) {  // [n, V] act, [n] -> [n] math
-    return fused::softcap_nll(logits_proj, t, cfg.logit_softcap, c.math);
-  };
   // Per-row head adapter: its delta at the scored positions, [n, V] act.
-  const at::Tensor head_delta = head_lora_delta(c, x, opt.score_mask);
+  const at::Tensor head_delta = head_lora_delta(c, x, pos);
   // Logit rows per head matmul: under the allocator's mmap threshold on the CPU, large on the GPU.
   const int64_t chunk_bytes = h.is_cuda() ? (int64_t(1) << 30) : (int64_t(16) << 20);
   const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (4 * int64_t(cfg.vocab_size)));
   std::vector<at::Tensor> parts;
   for (int64_t r = 0; r < h.size(0); r += chunk) {
     const int64_t n = std::min(chunk, h.size(0) - r);
-    at::Tensor logits = at::linear(h.narrow(0, r, n), head);
-    // The sum stays in the math type: the compiled reference adds the delta inside the softcap's fused kernel.
-    if (head_delta.defined()) logits = c.up(logits) + c.up(head_delta.narrow(0, r, n));
-    parts.push_back(nll_of(logits, tgt.narrow(0, r, n)));
+    const at::Tensor logits = at::linear(h.narrow(0, r, n), head);
+    const at::Tensor delta = head_delta.defined() ? head_delta.narrow(0, r, n) : at::Tensor();
+    parts.push_back(fused::softcap_nll(logits, delta, tgt.narrow(0, r, n), cfg.logit_softcap, c.math));
   }
   at::Tensor nll = parts.empty() ? at::zeros({0}, h.options().dtype(math)) : parts.size() == 1 ? parts[0] : at::cat(parts);
   if (!rows.defined()) return nll.view({B, T});

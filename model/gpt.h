@@ -77,11 +77,32 @@ struct LoraSet {
 };
 std::string lora_key(int step, const std::string& site);
 
+// Where a score mask is true, found on the CPU (finding them on the GPU would
+// make the host wait for all queued GPU work). rows [n]: the flat positions
+// b * T + t, row-major. For the TTT head adapter, the scored positions packed
+// per row into R = max_per_row slots: slot_src [B * R] the flat position each
+// slot reads (padding slots read their row's first position), slot_of [n] the
+// slot of each scored position. Index tensors are int64 on the forward's device.
+struct ScorePositions {
+  at::Tensor rows;
+  int64_t max_per_row = 0;
+  at::Tensor slot_src, slot_of;
+};
+// mask [B, T] bool on the CPU.
+ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& device);
+
+// A CPU tensor on `device` without making the host wait for the GPU: on CUDA
+// through pinned memory and an asynchronous copy (a plain copy first waits for
+// all queued GPU work).
+at::Tensor to_device(const at::Tensor& cpu, const at::Device& device);
+
 struct ForwardOptions {
   Precision precision = Precision::F32;
   // [B, T] bool: positions whose NLL is computed (the LM head and the
   // cross-entropy run only there). Undefined = every position.
   at::Tensor score_mask;
+  // score_mask's positions, when the caller has them (optional).
+  ScorePositions positions;
   // [B, T] int64: attention only between positions with equal ids (document
   // masking). Undefined = plain causal attention over the row.
   at::Tensor segment_ids;

@@ -4,7 +4,10 @@
 
 #include <ATen/TensorIndexing.h>
 
+#include <memory>
+
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include "model/fused.h"
 #include "model/gpt.h"
@@ -118,6 +121,97 @@ TEST_F(Cuda, FusedKernelsMatchTheirReferenceInWholeForwards) {
       EXPECT_LT((got - ref).abs().mean().item<double>(), 2e-3) << "docs " << docs;
       EXPECT_LT((got - ref).abs().max().item<double>(), 0.1) << "docs " << docs;
       EXPECT_EQ(got.eq(0).sum().item<int64_t>(), ref.eq(0).sum().item<int64_t>());
+    }
+  }
+}
+
+// Gradients of the summed NLL of a bf16 forward with respect to `leaves`
+// (tensors inside w / lora that require grad), kernels on or off.
+std::vector<at::Tensor> bf16_grads(const GptWeights& w, const LoraSet* lora, const std::vector<at::Tensor>& leaves,
+                                   const at::Tensor& in, const at::Tensor& tg, const at::Tensor& mask, bool kernels) {
+  ForwardOptions bf;
+  bf.precision = Precision::BF16;
+  bf.score_mask = mask;
+  bf.lora = lora;
+  std::unique_ptr<fused::ReferenceOnly> only;
+  if (!kernels) only = std::make_unique<fused::ReferenceOnly>();
+  at::Tensor loss = forward_nll(w, in, tg, bf).sum();
+  return torch::autograd::grad({loss}, leaves);
+}
+
+// ||a - b|| / ||b|| over all tensors of the lists together.
+double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const at::Tensor x = a[i].cpu().to(at::kDouble), y = b[i].cpu().to(at::kDouble);
+    num += (x - y).pow(2).sum().item<double>();
+    den += y.pow(2).sum().item<double>();
+  }
+  return std::sqrt(num / den);
+}
+
+// The backward kernels (training: every weight; TTT: per-row adapters on q,
+// v, the MLP and the head) against float64 autograd on the CPU: no further from
+// it than the ATen ops' own bf16 gradients, both families.
+TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
+  ModelConfig base = tiny_config(), front = tiny_frontier_config();
+  base.vocab_size = front.vocab_size = 512;
+  ModelConfig wide = base;  // head dim 64: flash attention in the graph
+  wide.model_dim = 128;
+  wide.num_heads = 2;
+  wide.num_kv_heads = 1;
+  const std::vector<ModelConfig> configs = {base, front, wide};
+  for (const ModelConfig& c : configs) {
+    for (bool adapters : {false, true}) {
+      const GptWeights w64 = random_weights(c, 11);
+      const int B = 3, T = 64, r = 4;
+      at::Tensor in = at::randint(4, c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
+      at::Tensor mask = (at::arange(T) >= 16).unsqueeze(0).expand({B, T}).contiguous();
+      // The same values as float64 (CPU) and float32 (CUDA) leaves.
+      GptWeights wc = w64, wg = w64;
+      LoraSet lc, lg;
+      std::vector<at::Tensor> leaves_c, leaves_g;
+      auto leaf = [&](at::Tensor& tc, at::Tensor& tg_, const at::Tensor& v) {
+        tc = v.to(at::kDouble).requires_grad_(true);
+        tg_ = v.to(at::kFloat).cuda().requires_grad_(true);
+        leaves_c.push_back(tc);
+        leaves_g.push_back(tg_);
+      };
+      for (auto& [name, t] : wg.tensors) t = t.to(at::kFloat).cuda();
+      if (!adapters) {
+        for (auto& [name, t] : w64.tensors) leaf(wc.tensors[name], wg.tensors[name], t);
+      } else {
+        const std::vector<int> seq = c.layer_sequence(true);
+        auto add = [&](const std::string& key, int64_t in_dim, int64_t out_dim) {
+          const at::Tensor A = at::randn({B, r, in_dim}, at::kDouble) * 0.3, Bm = at::randn({B, out_dim, r}, at::kDouble) * 0.3;
+          leaf(lc.adapters[key].A, lg.adapters[key].A, A);
+          leaf(lc.adapters[key].B, lg.adapters[key].B, Bm);
+        };
+        const int64_t d = c.model_dim, kv = int64_t(c.num_kv_heads) * c.head_dim();
+        for (size_t s = 0; s < seq.size(); ++s) {
+          add(lora_key(int(s), "q"), d, d);
+          add(lora_key(int(s), "v"), d, kv);
+          add(lora_key(int(s), "mlp"), d, d);
+        }
+        add("head", c.embed_dim(), c.vocab_size);
+      }
+      ForwardOptions f64;
+      f64.precision = Precision::F64;
+      f64.score_mask = mask;
+      f64.lora = adapters ? &lc : nullptr;
+      const std::vector<at::Tensor> ref = torch::autograd::grad({forward_nll(wc, in, tg, f64).sum()}, leaves_c);
+      const at::Tensor ig = in.cuda(), tgg = tg.cuda(), mg = mask.cuda();
+      const std::vector<at::Tensor> k = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true);
+      const std::vector<at::Tensor> a = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, false);
+      const double ek = rel_error(k, ref), ea = rel_error(a, ref);
+      // bf16 itself is far from float64 on these deliberately rough random
+      // weights (up to ~20% on the frontier config); the kernels must not add to it.
+      const std::string what = "config " + std::to_string(&c - &configs[0]) + ", adapters " + std::to_string(adapters);
+      EXPECT_LT(ek, 1.5 * ea + 1e-3) << what << ": kernels " << ek << ", ATen " << ea;
+      EXPECT_LT(ek, 0.3) << what;
+      // Deterministic: the same gradients twice, bit for bit.
+      const std::vector<at::Tensor> k2 = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true);
+      for (size_t i = 0; i < k.size(); ++i) EXPECT_TRUE(k[i].equal(k2[i])) << "leaf " << i;
     }
   }
 }

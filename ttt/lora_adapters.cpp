@@ -141,7 +141,7 @@ LoraSet BatchAdapters::views(const std::vector<int64_t>& rows) const {
   LoraSet set = views();
   if (int64_t(rows.size()) == rows_) return set;
   const bool contiguous = !rows.empty() && rows.back() - rows.front() + 1 == int64_t(rows.size());
-  const at::Tensor idx = contiguous ? at::Tensor() : at::tensor(rows, at::kLong).to(params_.device());
+  const at::Tensor idx = contiguous ? at::Tensor() : to_device(at::tensor(rows, at::kLong), params_.device());
   for (auto& [key, a] : set.adapters) {
     a.A = contiguous ? a.A.narrow(0, rows.front(), int64_t(rows.size())) : a.A.index_select(0, idx);
     a.B = contiguous ? a.B.narrow(0, rows.front(), int64_t(rows.size())) : a.B.index_select(0, idx);

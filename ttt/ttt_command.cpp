@@ -20,6 +20,7 @@
 #include "eval/eval_dump.h"
 #include "eval/scoring_setup.h"
 #include "model/distributed.h"
+#include "model/runtime.h"
 #include "quant/model_files.h"
 #include "ttt/ttt_audit.h"
 #include "ttt/ttt_runner.h"
@@ -39,7 +40,8 @@ struct TttArgs {
   uint32_t chunk = 0, context = 0, batch_docs = 0, grad_steps = 0, trim = 0;
   uint64_t seed = 0, max_docs = 0;
   bool json = false, audit = false, quiet = false, no_base = false;
-  std::string dump;  // --dump FILE.h5
+  std::string dump;     // --dump FILE.h5
+  std::string profile;  // --profile FILE.json
   std::map<std::string, CLI::Option*> given;
 };
 
@@ -226,7 +228,10 @@ void run_ttt_command(const TttArgs& a) {
     std::fprintf(stderr, "ttt: %5.1f%%  %s targets/s  ETA %.0f s\n", 100.0 * double(done) / double(total),
                  with_commas(uint64_t(rate)).c_str(), double(total - done) / std::max(rate, 1.0));
   };
+  const bool profile = !a.profile.empty() && rk.root();
+  if (profile) start_profile();
   TttResult r = run_ttt(w, tokens, bc, o);
+  if (profile) stop_profile(a.profile);
   r.all_reduce_ranks();     // exact float64 sums: each document ran on one rank
   std::vector<TttChunkTotals> chunks;
   if (!a.dump.empty()) chunks = gather_chunks(r.chunks);
@@ -312,6 +317,7 @@ void register_ttt_command(CLI::App& app) {
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
   cmd->add_option("--dump", a->dump, "write per-document totals with and without TTT and per-chunk totals to this HDF5 file (pgolf report draws them)");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
+  cmd->add_option("--profile", a->profile, "write a Kineto (Chrome-trace JSON) profile of the run (CUDA builds)");
   cmd->callback([a]() { run_ttt_command(*a); });
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <limits>
 #include <memory>
 
@@ -23,13 +24,12 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // One step's forward over its active rows (the batch rows whose document has
 // this chunk; the reference also runs the finished rows, on padding, and
 // discards them): inputs / targets [n, width] int64, right-padded with token 0
-// as the reference pads, score mask [n, width] bool.
+// as the reference pads, score mask [n, width] bool; on the CPU.
 struct StepTensors {
   at::Tensor inputs, targets, mask;
 };
 
-StepTensors step_tensors(const std::vector<uint16_t>& tok, const TttStep& st, const std::vector<int64_t>& active,
-                         const at::Device& dev) {
+StepTensors step_tensors(const std::vector<uint16_t>& tok, const TttStep& st, const std::vector<int64_t>& active) {
   const int64_t n = int64_t(active.size()), W = int64_t(st.width);
   at::Tensor in = at::zeros({n, W}, at::kLong), tg = at::zeros({n, W}, at::kLong), m = at::zeros({n, W}, at::kBool);
   auto pi = in.accessor<int64_t, 2>(), pt = tg.accessor<int64_t, 2>();
@@ -42,7 +42,7 @@ StepTensors step_tensors(const std::vector<uint16_t>& tok, const TttStep& st, co
       pm[b][int64_t(j)] = j >= ch.score_offset();
     }
   }
-  return {in.to(dev), tg.to(dev), m.to(dev)};
+  return {in, tg, m};
 }
 
 // Adds one step's scores (nll, base: [active rows, width] float64 on the
@@ -263,6 +263,24 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     r.target_times.assign(n, 0);
   }
   const uint64_t to_score = plan.rank_targets();
+  // Steps whose scores are still on the device: the host queues the next
+  // steps while the GPU runs these, and reads each back in order.
+  struct Pending {
+    TttStep st;
+    std::vector<int64_t> active;
+    at::Tensor nll, base;  // [active rows, width]; base undefined without it
+  };
+  std::deque<Pending> pending;
+  auto read_back = [&](size_t keep) {
+    for (; pending.size() > keep; pending.pop_front()) {
+      const Pending& p = pending.front();
+      const at::Tensor got = p.nll.to(at::kCPU).to(at::kDouble);
+      const at::Tensor base = !p.base.defined() ? at::Tensor()
+                              : p.base.is_same(p.nll) ? got : p.base.to(at::kCPU).to(at::kDouble);
+      accumulate(r, p.st, p.active, tokens, bc, got, base);
+      if (o.progress) o.progress(r.targets, to_score);
+    }
+  };
 
   for (const TttBatch& batch : plan.batches) {
     const int64_t B = int64_t(batch.docs.size());
@@ -276,55 +294,57 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       std::vector<int64_t> active;
       for (size_t b = 0; b < st.rows.size(); ++b)
         if (st.rows[b]) active.push_back(int64_t(b));
-      const StepTensors in = step_tensors(tokens, st, active, device);
+      const StepTensors cpu = step_tensors(tokens, st, active);
+      const at::Tensor inputs = to_device(cpu.inputs, device), targets = to_device(cpu.targets, device);
       ForwardOptions fo;
       fo.precision = o.precision;
-      fo.score_mask = in.mask;
+      fo.score_mask = to_device(cpu.mask, device);
+      fo.positions = find_score_positions(cpu.mask, device);
       LoraSet lora = adapters->views(active);
       fo.lora = &lora;
       at::Tensor nll;  // [active rows, width]: NLL at the scored positions, 0 elsewhere
       {
         c10::AutoGradMode grad(st.update);  // the graph is kept only when a step follows
-        nll = forward_nll(w, in.inputs, in.targets, fo);
+        nll = forward_nll(w, inputs, targets, fo);
       }
-      // Score first: these numbers are final before the adapters move.
-      const at::Tensor got = nll.detach().to(at::kCPU).to(at::kDouble);
-      at::Tensor base;
+      // Score first: these values are final before the adapters move (the
+      // update below runs after them on the GPU's stream); read back later.
+      Pending p{st, active, nll.detach(), at::Tensor()};
       if (o.base && s == 0) {
-        base = got;  // fresh adapters (B = 0) add exactly zero
+        p.base = p.nll;  // fresh adapters (B = 0) add exactly zero
       } else if (o.base) {
-        // Same grad mode as the TTT forward, so the same kernels run (the
-        // fused CUDA ones only without it); nothing requires grad here.
+        // Same grad mode as the TTT forward (nothing requires grad here).
         c10::AutoGradMode grad(st.update);
         ForwardOptions plain = fo;
         plain.lora = nullptr;
-        base = forward_nll(w, in.inputs, in.targets, plain).to(at::kCPU).to(at::kDouble);
+        p.base = forward_nll(w, inputs, targets, plain);
       }
-      accumulate(r, st, active, tokens, bc, got, base);
+      pending.push_back(std::move(p));
       ++r.steps;
       r.tokens_in += active.size() * st.width;
       if (st.update) {
         std::vector<int64_t> rows;  // positions in `active` of the rows with a next chunk
         for (size_t k = 0; k < active.size(); ++k)
           if (!st.rows[size_t(active[k])]->last) rows.push_back(int64_t(k));
-        const at::Tensor train_rows = at::tensor(rows, at::kLong).to(device);
+        const at::Tensor train_rows = to_device(at::tensor(rows, at::kLong), device);
         for (uint32_t g = 0; g < o.grad_steps; ++g) {
           c10::AutoGradMode grad(true);
           if (g > 0) {  // more steps on the same window (TTT_GRAD_STEPS)
             lora = adapters->views(active);
-            nll = forward_nll(w, in.inputs, in.targets, fo);
+            nll = forward_nll(w, inputs, targets, fo);
           }
           train_loss(nll, train_rows, st, o.chunk).backward();
           nll = at::Tensor();  // frees the graph's activations before the update
-          at::Tensor& p = adapters->params();
-          adam.step(p, p.grad());
-          p.mutable_grad().reset();
+          at::Tensor& prm = adapters->params();
+          adam.step(prm, prm.grad());
+          prm.mutable_grad().reset();
           ++r.updates;
         }
       }
-      if (o.progress) o.progress(r.targets, to_score);
+      read_back(4);
     }
   }
+  read_back(0);
   r.totals_from_docs();
   return r;
 }

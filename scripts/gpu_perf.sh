@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One GPU call for the speed work: build + GPU tests (scripts/gpu_build.sh,
+# QUICK=1), the kernel check program, then training, TTT and evaluation speed
+# on the baseline shape (vocab 8192, 9x512, L=1024) over ../shared's corpus.
+# TTT scores .carry/models/base_gptq.pgz (a 9x512 model trained by pgolf,
+# copied there by hand) when present, else a freshly initialised model.
+# Prints a table last; logs and JSON come back in $OUT/results.tgz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+O=/tmp/pgolf-out
+rm -rf "$O" && mkdir -p "$O"
+trap 'exit 143' TERM INT
+trap 'tar czf "${OUT:-/tmp}/results.tgz" -C "$O" . 2>/dev/null || true' EXIT
+B=${BUILD_DIR:-build-gpu}
+C=$PWD/.carry
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  OUT=$O QUICK=1 BENCH=0 bash scripts/gpu_build.sh >"$O/gpu_build.txt" 2>&1 || { tail -60 "$O/gpu_build.txt"; exit 1; }
+  grep -E "tests passed|FAILED|Failure" -A3 "$O/gpu_build.txt" | head -40 || true
+fi
+P="$B/pgolf"
+VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
+"$B/pgolf_fused_check" >"$O/fused_check.txt" 2>&1 || echo "pgolf_fused_check failed"
+"$P" init --set vocab_size=8192 --out /tmp/base8192.h5 >/dev/null
+MODEL=/tmp/base8192.h5
+[ -f "$C/models/base_gptq.pgz" ] && MODEL="$C/models/base_gptq.pgz"
+"$P" train --train "$C/shared/data/corpus/fineweb_train_000000.bin" --val "$VAL" --tokenizer "$TOK" --out /tmp/t.h5 \
+  --set vocab_size=8192 --iterations ${TRAIN_STEPS:-40} --batch-tokens 131072 --log-every 10 --json \
+  >"$O/train.json" 2>"$O/train.log" || tail -20 "$O/train.log"
+"$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --json --quiet \
+  >"$O/ttt.json" 2>"$O/ttt.log" || tail -20 "$O/ttt.log"
+"$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-base --json --quiet \
+  >"$O/ttt_nobase.json" 2>"$O/ttt_nobase.log" || tail -20 "$O/ttt_nobase.log"
+if [ "${PROFILE:-1}" = 1 ]; then
+  "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --max-docs 192 --quiet \
+    --profile /tmp/ttt_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/ttt_trace.json 30 >"$O/trace_ttt.txt" 2>&1 || true
+fi
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --json --quiet >"$O/eval_std.json"
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --json --quiet >"$O/eval_sw.json"
+j() { python3 -c "import json,sys; d=json.load(open('$1')); print(' '.join(str(d.get(k)) for k in sys.argv[1:]))" "${@:2}"; }
+echo
+cat "$O/fused_check.txt"
+[ -f "$O/trace_ttt.txt" ] && head -45 "$O/trace_ttt.txt"
+grep -E "^(1|10|20|30|40)/" "$O/train.log" || tail -4 "$O/train.log"
+echo "| run | numbers |"
+echo "|---|---|"
+echo "| model | $MODEL |"
+echo "| train | $(j "$O/train.json" steps seconds last_train_loss val_bpb) |"
+echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targets_per_second steps) |"
+echo "| ttt lora-0317 --no-base | $(j "$O/ttt_nobase.json" bpb seconds ttt_seconds targets_per_second) |"
+echo "| eval standard | $(j "$O/eval_std.json" bpb eval_seconds targets_per_second) |"
+echo "| eval sliding S=64 | $(j "$O/eval_sw.json" bpb eval_seconds targets_per_second) |"
