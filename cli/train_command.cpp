@@ -28,7 +28,7 @@ struct TrainArgs {
   std::vector<std::string> train, val;
   TrainOptions opt;
   int64_t val_every = 0, log_every = 50, val_tokens = 0;
-  bool json = false;
+  bool json = false, no_overlap_allreduce = false;
 };
 
 // Validation bpb, sharded over the ranks like `pgolf eval` (every rank calls it).
@@ -53,6 +53,7 @@ void run_train(TrainArgs& a) {
   const Ranks& rk = init_ranks(cuda);
   a.opt.rank = rk.rank;
   a.opt.world = rk.world;
+  a.opt.overlap_allreduce = !a.no_overlap_allreduce;
   ModelConfig base = a.preset == "frontier" ? ModelConfig::frontier() : ModelConfig::baseline();
   if (a.preset != "baseline" && a.preset != "frontier") throw Error("--preset must be baseline or frontier");
   GptWeights w;
@@ -78,22 +79,27 @@ void run_train(TrainArgs& a) {
   int64_t params = 0;
   for (const auto& [n, t] : w.tensors) params += t.numel();
   const bool root = rk.root();  // rank 0 logs and writes
+  char mode[160] = "";
+  if (rk.multi())
+    std::snprintf(mode, sizeof mode, " x %d ranks (data parallel; gradient all-reduce %s, buckets of %g MB)", rk.world,
+                  a.opt.overlap_allreduce ? "overlapped with backward" : "after backward", a.opt.allreduce_bucket_mb);
   if (root)
     std::fprintf(stderr, "train: %lld parameters, %lld steps of %lld tokens (L=%d), %s%s\n", (long long)params,
                  (long long)a.opt.iterations, (long long)a.opt.batch_tokens, w.config.train_seq_len,
-                 cuda ? rt.device_name.c_str() : "cpu",
-                 rk.multi() ? (" x " + std::to_string(rk.world) + " ranks (data parallel)").c_str() : "");
+                 cuda ? rt.device_name.c_str() : "cpu", mode);
   const uint16_t bos = uint16_t(tok.bos_id());
   const Precision eval_precision = cuda ? Precision::BF16 : Precision::F32;
   nlohmann::json history = nlohmann::json::array();
   double first_loss = 0, last_loss = 0;
-  int64_t steps = 0;
+  int64_t steps = 0, buckets = 0, buckets_in_backward = 0;
   double seconds = 0;
   train_gpt(w, train, a.opt, [&](const TrainStep& s) {
     if (s.step == 1) first_loss = s.loss;
     last_loss = s.loss;
     steps = s.step;
     seconds = s.seconds;
+    buckets = s.allreduce_buckets;
+    buckets_in_backward = s.allreduce_buckets_in_backward;
     if (root && (s.step == 1 || s.step % a.log_every == 0 || s.step == a.opt.iterations))
       std::fprintf(stderr, "%lld/%lld train_loss: %.4f lr_mult: %.3f time: %.1fs tok/s: %.0f\n", (long long)s.step,
                    (long long)a.opt.iterations, s.loss, s.lr_mult, s.seconds, s.tokens_per_second);
@@ -110,6 +116,10 @@ void run_train(TrainArgs& a) {
   if (!root) return;
   std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)steps, (long long)a.opt.iterations,
                r.loss(), r.bpb());
+  if (rk.multi())
+    std::fprintf(stderr, "gradient all-reduce: %s; buckets per step: %lld, started from backward's hooks: %lld (last step)\n",
+                 a.opt.overlap_allreduce ? "overlapped" : "after backward", (long long)buckets,
+                 (long long)buckets_in_backward);
   for (auto& [n, t] : w.tensors) t = t.to(at::kCPU);
   save_checkpoint(a.out, w);
   std::fprintf(stderr, "saved %s (%.1f s of training)\n", a.out.c_str(), seconds);
@@ -122,6 +132,11 @@ void run_train(TrainArgs& a) {
                                         {"val_bpb", r.bpb()},
                                         {"val_history", history},
                                         {"ranks", rk.world},
+                                        {"allreduce", !rk.multi()              ? "none"
+                                                      : a.opt.overlap_allreduce ? "overlap"
+                                                                                : "after_backward"},
+                                        {"allreduce_buckets", buckets},
+                                        {"allreduce_buckets_in_backward", buckets_in_backward},
                                         {"out", a.out}})
                             .dump()
                             .c_str());
@@ -153,6 +168,11 @@ void register_train_command(CLI::App& app) {
                   "depth recurrence from this fraction of the run on (the frontier's enable_looping_at)")
       ->capture_default_str();
   cmd->add_option("--seed", a->opt.seed, "initialisation and data seed")->capture_default_str();
+  cmd->add_flag("--no-overlap-allreduce", a->no_overlap_allreduce,
+                "data parallel: sum the gradients after backward instead of during it (same sums; for measuring)");
+  cmd->add_option("--allreduce-bucket-mb", a->opt.allreduce_bucket_mb,
+                  "data parallel: gradient bucket size in MB (2^20 bytes)")
+      ->capture_default_str();
   cmd->add_option("--val-every", a->val_every, "validate every N steps (0 = only at the end)");
   cmd->add_option("--log-every", a->log_every, "print the training loss every N steps")->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();

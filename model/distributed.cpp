@@ -61,15 +61,41 @@ std::string first_line(const std::exception& e) {
   return s.substr(0, s.find('\n'));
 }
 
+// c10d errors (a peer that vanished, a timeout) as one-line pgolf errors.
+template <class F>
+void collective(const char* what, F f) {
+  try {
+    f();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(std::string(what) + " across ranks failed (did another rank stop?): " + first_line(e));
+  }
+}
+
 // One backend's collectives behind a small interface (Gloo and NCCL share the
 // c10d signatures; their base class differs between libtorch versions).
 class Comm {
  public:
   virtual ~Comm() = default;
-  virtual void all_reduce(std::vector<at::Tensor>& buckets) = 0;
+  virtual std::unique_ptr<PendingSum> start_all_reduce(const at::Tensor& bucket) = 0;
   virtual void broadcast(std::vector<at::Tensor>& buckets, int root) = 0;
   virtual void shutdown() = 0;
   virtual at::Device device() const = 0;
+};
+
+// One all-reduce in flight: the work handle, and the tensor list it was given
+// (kept alive until it is done).
+template <class WorkPtr>
+class GroupPending final : public PendingSum {
+ public:
+  void wait() override {
+    if (!work) return;
+    collective("an all-reduce", [&] { work->wait(); });
+    work.reset();
+  }
+  std::vector<at::Tensor> args;
+  WorkPtr work;
 };
 
 template <class Group>
@@ -77,9 +103,14 @@ class GroupComm final : public Comm {
  public:
   GroupComm(c10::intrusive_ptr<Group> g, at::Device device, bool orderly_shutdown)
       : g_(std::move(g)), device_(device), orderly_shutdown_(orderly_shutdown) {}
-  void all_reduce(std::vector<at::Tensor>& buckets) override {
+  std::unique_ptr<PendingSum> start_all_reduce(const at::Tensor& bucket) override {
+    using WorkPtr = decltype(std::declval<Group&>().allreduce(std::declval<std::vector<at::Tensor>&>(),
+                                                              std::declval<const c10d::AllreduceOptions&>()));
+    auto p = std::make_unique<GroupPending<WorkPtr>>();
+    p->args = {bucket};
     c10d::AllreduceOptions opts;  // reduceOp: SUM by default
-    run(buckets, [&](std::vector<at::Tensor>& one) { return g_->allreduce(one, opts); });
+    collective("an all-reduce", [&] { p->work = g_->allreduce(p->args, opts); });
+    return p;
   }
   void broadcast(std::vector<at::Tensor>& buckets, int root) override {
     c10d::BroadcastOptions opts;
@@ -228,18 +259,6 @@ Comm& comm() {
   return *j.comm;
 }
 
-// c10d errors (a peer that vanished, a timeout) as one-line pgolf errors.
-template <class F>
-void collective(const char* what, F f) {
-  try {
-    f();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(std::string(what) + " across ranks failed (did another rank stop?): " + first_line(e));
-  }
-}
-
 }  // namespace
 
 std::pair<uint64_t, uint64_t> even_split(uint64_t n, int rank, int world) {
@@ -302,14 +321,24 @@ void all_reduce_sum(std::vector<double>& values) {
   if (!ranks().multi() || values.empty()) return;
   Comm& c = comm();
   at::Tensor cpu = at::from_blob(values.data(), {int64_t(values.size())}, at::kDouble);
-  std::vector<at::Tensor> t = {c.device().is_cpu() ? cpu : cpu.to(c.device())};
-  collective("an all-reduce", [&] { c.all_reduce(t); });
-  if (!c.device().is_cpu()) cpu.copy_(t[0].to(at::kCPU));
+  const at::Tensor t = c.device().is_cpu() ? cpu : cpu.to(c.device());
+  c.start_all_reduce(t)->wait();
+  if (!c.device().is_cpu()) cpu.copy_(t.to(at::kCPU));
 }
 
 void all_reduce_sum(std::vector<at::Tensor>& buckets) {
   if (!ranks().multi() || buckets.empty()) return;
-  collective("an all-reduce", [&] { comm().all_reduce(buckets); });
+  std::vector<std::unique_ptr<PendingSum>> sums;  // all in flight, then waited for in order
+  for (const at::Tensor& t : buckets) sums.push_back(comm().start_all_reduce(t));
+  for (auto& s : sums) s->wait();
+}
+
+std::unique_ptr<PendingSum> all_reduce_sum_start(const at::Tensor& bucket) {
+  struct Done final : PendingSum {
+    void wait() override {}
+  };
+  if (!ranks().multi()) return std::make_unique<Done>();
+  return comm().start_all_reduce(bucket);
 }
 
 void broadcast(std::vector<at::Tensor>& buckets, int root) {

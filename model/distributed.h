@@ -18,6 +18,7 @@
 // never come.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,6 +57,20 @@ void all_reduce_sum(std::vector<double>& values);  // float64 sums, in place
 // NCCL, CPU for Gloo).
 void all_reduce_sum(std::vector<at::Tensor>& buckets);
 void broadcast(std::vector<at::Tensor>& buckets, int root = 0);
+// A sum started by all_reduce_sum_start. wait() returns once the tensor holds
+// the sum (CUDA: once the current stream is ordered after it); throws
+// pgolf::Error if the collective failed. Must be waited before the tensor is
+// read or written again.
+class PendingSum {
+ public:
+  virtual ~PendingSum() = default;
+  virtual void wait() = 0;
+};
+// Starts summing `bucket` (contiguous, on the job's device) over the ranks and
+// returns at once; a single rank gets a handle with nothing to wait for. May be
+// called from the autograd engine's threads (gradient hooks), one at a time.
+// Every rank must start the same sums in the same order.
+std::unique_ptr<PendingSum> all_reduce_sum_start(const at::Tensor& bucket);
 void barrier();
 // Every rank's `mine` concatenated in rank order, on rank 0 (empty elsewhere).
 // Exact: built from sums with zeros, in pieces of at most 2^24 values.

@@ -24,6 +24,15 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 #endif
+#if defined(PGOLF_COMPAT_GRAD_HOOKS)  // gradient-ready hooks, for model/grad_reducer.cpp only (see below)
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#endif
 
 #define PGOLF_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -179,6 +188,46 @@ inline c10::intrusive_ptr<c10d::ProcessGroupNCCL> make_nccl(const c10::intrusive
 }
 #endif
 #endif  // PGOLF_COMPAT_C10D
+
+// Gradient-ready hooks for the data-parallel reducer (model/grad_reducer.cpp,
+// the only file that defines PGOLF_COMPAT_GRAD_HOOKS): a post-hook on a leaf's
+// AccumulateGrad node runs right after a backward pass has added into
+// leaf.grad(), on the autograd engine's thread for the leaf's device. This is
+// what DDP's C++ reducer uses, in 1.13 and in 2.x alike:
+// torch::autograd::impl::grad_accumulator (creates the node; the leaf holds it
+// only weakly, so the hook's owner keeps it), Node::add_post_hook (returns a
+// key) / Node::del_post_hook, and FunctionPostHook::operator()(outputs,
+// inputs). 2.x adds FunctionPostHook::compiled_args (compiled autograd only;
+// its default throws there, unused here) and a tensor-level
+// PostAccumulateGradHook (2.1 on, absent in 1.13: not used).
+#if defined(PGOLF_COMPAT_GRAD_HOOKS)
+struct GradReadyHook {
+  std::shared_ptr<torch::autograd::Node> accumulator;
+  uintptr_t key = 0;
+};
+// Calls fn after every backward pass that reaches `leaf` (a tensor that
+// requires grad and has no grad_fn) has accumulated into leaf.grad().
+inline GradReadyHook add_grad_ready_hook(const at::Tensor& leaf, std::function<void()> fn) {
+  struct Post final : torch::autograd::FunctionPostHook {
+    explicit Post(std::function<void()> f) : f_(std::move(f)) {}
+    torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                              const torch::autograd::variable_list& /*inputs*/) override {
+      f_();
+      return outputs;
+    }
+    std::function<void()> f_;
+  };
+  GradReadyHook h;
+  h.accumulator = torch::autograd::impl::grad_accumulator(leaf);
+  if (!h.accumulator) throw std::runtime_error("a gradient hook on a tensor that does not require grad");
+  h.key = h.accumulator->add_post_hook(std::make_unique<Post>(std::move(fn)));
+  return h;
+}
+inline void remove_grad_ready_hook(GradReadyHook& h) {
+  if (h.accumulator) h.accumulator->del_post_hook(h.key);
+  h.accumulator.reset();
+}
+#endif  // PGOLF_COMPAT_GRAD_HOOKS
 
 // TF32 tensor-core products for float32 matmuls on CUDA, as the reference
 // runs with torch.backends.cuda.matmul.allow_tf32 = True (GPTQ's Hessians).

@@ -4,10 +4,12 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <set>
 
 #include "data/error.h"
 #include "data/token_stream.h"
 #include "model/distributed.h"
+#include "model/grad_reducer.h"
 #include "model/pch.h"
 
 #include <c10/core/GradMode.h>
@@ -51,8 +53,8 @@ class SpanReader {
 };
 
 // The parameters in a few flat float32 buffers (at most kBucketElems values
-// each, in a fixed name order every rank shares): gradients are summed and
-// initial weights broadcast one buffer per collective.
+// each, in a fixed name order every rank shares): initial weights are
+// broadcast one buffer per collective, and the end's weights compared.
 class FlatBuckets {
  public:
   static constexpr int64_t kBucketElems = int64_t(1) << 24;  // 64 MB of float32
@@ -67,34 +69,6 @@ class FlatBuckets {
       groups_.back().push_back(&t);
       size += t.numel();
     }
-  }
-
-  // Sums weight * each rank's gradient over the ranks, into every rank's
-  // .grad() (a parameter without a gradient on this rank counts as zeros).
-  // extra: values summed alongside (float32, in the last buffer).
-  void all_reduce_grads(double weight, std::vector<double>& extra) {
-    std::vector<at::Tensor> flat;
-    for (const auto& g : groups_) {
-      std::vector<at::Tensor> parts;
-      for (at::Tensor* p : g)
-        parts.push_back(p->grad().defined() ? p->grad().reshape({-1}) : at::zeros({p->numel()}, p->options()));
-      flat.push_back(at::cat(parts).mul_(weight));
-    }
-    const std::vector<float> ex(extra.begin(), extra.end());
-    flat.back() = at::cat({flat.back(), at::tensor(ex, at::kFloat).to(flat.back().device())});
-    all_reduce_sum(flat);
-    for (size_t k = 0; k < groups_.size(); ++k) {
-      int64_t off = 0;
-      for (at::Tensor* p : groups_[k]) {
-        const at::Tensor sum = flat[k].narrow(0, off, p->numel()).view_as(*p);
-        if (p->grad().defined()) p->mutable_grad().copy_(sum);
-        else p->mutable_grad() = sum.clone();
-        off += p->numel();
-      }
-    }
-    const int64_t n = int64_t(extra.size());
-    const at::Tensor sums = flat.back().narrow(0, flat.back().numel() - n, n).to(at::kCPU).to(at::kDouble).contiguous();
-    for (int64_t i = 0; i < n; ++i) extra[size_t(i)] = sums.data_ptr<double>()[i];
   }
 
   // Every rank's parameters become rank 0's.
@@ -145,6 +119,31 @@ class FlatBuckets {
   std::vector<std::vector<at::Tensor*>> groups_;
 };
 
+// The parameters in about the order backward finishes their gradients: the
+// reverse of their order of use, taken as the reverse of the registration
+// order (parameter_specs); a tensor the config does not name goes last.
+std::vector<at::Tensor> gradient_order(GptWeights& w) {
+  std::vector<at::Tensor> out;
+  std::set<std::string> taken;
+  const std::vector<ParamSpec> specs = parameter_specs(w.config);
+  for (auto it = specs.rbegin(); it != specs.rend(); ++it) {
+    auto t = w.tensors.find(it->name);
+    if (t == w.tensors.end()) continue;
+    out.push_back(t->second);
+    taken.insert(it->name);
+  }
+  for (auto& [name, t] : w.tensors)
+    if (!taken.count(name)) out.push_back(t);
+  return out;
+}
+
+std::unique_ptr<GradReducer> make_reducer(GptWeights& w, const TrainOptions& o) {
+  const double values = o.allreduce_bucket_mb * double(1 << 20) / double(sizeof(float));
+  const int64_t cap = int64_t(std::min(values, 1e15));
+  return std::make_unique<GradReducer>(gradient_order(w), std::max<int64_t>(cap, 1), /*extras=*/1,
+                                       o.overlap_allreduce);
+}
+
 }  // namespace
 
 at::Tensor newton_schulz_orthogonalize(const at::Tensor& g, int steps) {
@@ -168,6 +167,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   if (o.batch_tokens < L || o.batch_tokens % L != 0)
     throw Error("train: --batch-tokens must be a positive multiple of the sequence length " + std::to_string(L));
   if (o.iterations <= 0) throw Error("train: --iterations must be positive");
+  if (!(o.allreduce_bucket_mb > 0)) throw Error("train: --allreduce-bucket-mb must be positive");
   // This rank's rows of every step's batch (all of them on a single rank).
   const int64_t rows = o.batch_tokens / L;
   if (rows < o.world)
@@ -190,9 +190,11 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   std::map<std::string, at::Tensor> momentum;
   std::map<std::string, AdamState> adam;
   std::unique_ptr<FlatBuckets> buckets;
+  std::unique_ptr<GradReducer> reducer;
   if (multi) {
     buckets = std::make_unique<FlatBuckets>(w.tensors);
     buckets->broadcast_params();  // every rank starts from rank 0's weights
+    reducer = make_reducer(w, o);
   }
   for (const std::string& n : muon_names) momentum[n] = at::zeros_like(w.tensors[n]);
   for (const std::string& n : adam_names) adam[n] = {at::zeros_like(w.tensors[n]), at::zeros_like(w.tensors[n])};
@@ -239,14 +241,16 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     const double progress = o.max_seconds > 0 ? elapsed / o.max_seconds : double(step - 1) / double(o.iterations);
     fo.looping = progress >= o.enable_looping_at;
     at::Tensor loss = forward_nll(w, x, y, fo).mean();
-    loss.backward();
     double loss_value = 0;
     if (multi) {
-      // The global mean's gradient: sum over ranks of (tokens share) * gradient.
-      std::vector<double> extra = {loss.item<double>() * weight};
-      buckets->all_reduce_grads(weight, extra);
-      loss_value = extra[0];
+      // The global mean's gradient: sum over ranks of (tokens share) * gradient,
+      // and the global mean loss beside it (float32 of the float64 product, on
+      // the device: no sync between forward and backward).
+      reducer->arm(weight, loss.detach().to(at::kDouble).mul(weight).to(at::kFloat).reshape({1}));
+      loss.backward();
+      loss_value = reducer->finish()[0];
     } else {
+      loss.backward();
       loss_value = loss.item<double>();
     }
     {
@@ -287,6 +291,10 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     st.lr_mult = lr_mult;
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.tokens_per_second = double(step * o.batch_tokens) / std::max(st.seconds, 1e-9);
+    if (multi) {
+      st.allreduce_buckets = int64_t(reducer->buckets());
+      st.allreduce_buckets_in_backward = int64_t(reducer->started_in_backward());
+    }
     const bool go_on = !on_step || on_step(st);
     // Multi-rank: the next step's shared clock decides (above).
     if (!go_on || (!multi && o.max_seconds > 0 && st.seconds >= o.max_seconds)) break;

@@ -12,10 +12,14 @@
 // DistributedTokenLoader instead gives each rank a span of its own with one
 // extra token, so its token stream shifts with the world size; here a step's
 // batch is the one-rank batch whatever the world. Gradients are weighted by
-// each rank's share of the tokens and summed in a few flat float32 buckets;
-// every rank then runs the same optimizer step, so the weights stay identical
-// (rank 0's initial weights are broadcast first; identity is checked at the
-// end). With max_seconds, rank 0's clock decides the warmdown and the stop.
+// each rank's share of the tokens and summed in flat float32 buckets of
+// ~allreduce_bucket_mb, in about the order backward finishes them, each
+// bucket's all-reduce started by gradient hooks while backward still runs
+// (model/grad_reducer.h; overlap_allreduce = false starts them all after
+// backward: the same sums); every rank then runs the same optimizer step, so
+// the weights stay identical (rank 0's initial weights are broadcast first;
+// identity is checked at the end). With max_seconds, rank 0's clock decides
+// the warmdown and the stop.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -43,11 +47,16 @@ struct TrainOptions {
   Precision precision = Precision::F32;
   uint64_t seed = 1337;
   int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
+  bool overlap_allreduce = true;    // data parallel: gradient sums start during backward
+  double allreduce_bucket_mb = 25;  // data parallel: gradient bucket size, MB of 2^20 bytes (DDP's bucket_cap_mb)
 };
 
 struct TrainStep {
   int64_t step = 0;
   double loss = 0, lr_mult = 0, seconds = 0, tokens_per_second = 0;
+  // Data parallel: the gradient buckets, and how many of this step's sums
+  // started during backward (0 without overlap).
+  int64_t allreduce_buckets = 0, allreduce_buckets_in_backward = 0;
 };
 
 // Trains w in place (its tensors become float32 parameters on their device).

@@ -8,6 +8,11 @@
 #   bit-identical (the standard errors are sums over per-document totals, so
 #   they check every document's numbers);
 # - train, data parallel: a checkpoint with the same tensors, losses close;
+#   the gradient all-reduce overlapped with backward (default) and after it
+#   (--no-overlap-allreduce), with one bucket and with several: the same
+#   checkpoint bytes and losses (with 2 ranks every sum is a + b, whatever the
+#   buckets; with 3, Gloo's ring adds in an order that depends on a value's
+#   place in its bucket, so there overlap on/off is compared at equal buckets);
 # - a rank that fails (a bad --val on one rank) stops both, non-zero, < 60 s,
 #   and a killed store host (rank 0) stops rank 1;
 # - ttt --audit refuses more than one rank.
@@ -25,23 +30,28 @@ fail() { echo "FAIL: $*"; exit 1; }
 json() { sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# Runs `pgolf ARGS` as 2 ranks; rank r's stdout/stderr in $T/$NAME.r.out/.err.
-# ARGS may contain @R@, replaced by the rank. Sets RC0, RC1 and SECONDS2.
+# Runs `pgolf ARGS` as 2 ranks (NR ranks when set); rank r's stdout/stderr in
+# $T/$NAME.r.out/.err. ARGS may contain @R@, replaced by the rank. Sets RC0,
+# RC1 (the first failure of the other ranks) and SECONDS2.
 run2() {
-  local name=$1
+  local name=$1 n=${NR:-2}
   shift
-  local port start pids=()
+  local port start r rc pids=()
   port=$(free_port)
   start=$EPOCHREALTIME
-  for r in 0 1; do
+  for ((r = 0; r < n; r++)); do
     local args=("${@//@R@/$r}")
-    WORLD_SIZE=2 RANK=$r LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    WORLD_SIZE=$n RANK=$r LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
       timeout 300 "$PGOLF" "${args[@]}" >"$T/$name.$r.out" 2>"$T/$name.$r.err" &
     pids+=($!)
   done
   RC0=0 RC1=0
   wait "${pids[0]}" || RC0=$?
-  wait "${pids[1]}" || RC1=$?
+  for ((r = 1; r < n; r++)); do
+    rc=0
+    wait "${pids[$r]}" || rc=$?
+    [ "$RC1" != 0 ] || RC1=$rc
+  done
   SECONDS2=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b - a}')
 }
 run2_ok() {
@@ -79,17 +89,48 @@ SET=(--set vocab_size=8192 --set num_layers=2 --set model_dim=64 --set num_heads
 TRAIN_ARGS=(train --device cpu --train "$TRAIN" --val "$VAL" --tokenizer "$TOK" "${SET[@]}" --iterations 24 --batch-tokens 1280
             --warmdown-iters 8 --val-every 12 --log-every 100 --json)
 t1=$("$PGOLF" "${TRAIN_ARGS[@]}" --out "$T/m1.h5" 2>"$T/train1.err")
-run2_ok train2 "${TRAIN_ARGS[@]}" --out "$T/m2.h5"
+run2_ok train2 "${TRAIN_ARGS[@]}" --out "$T/train2.h5"
 t2=$(cat "$T/train2.0.out")
-[ -e "$T/m2.h5" ] || fail "train: rank 0 wrote no checkpoint"
+[ -e "$T/train2.h5" ] || fail "train: rank 0 wrote no checkpoint"
 layout() { "$PGOLF" inspect "$1" --json 2>/dev/null | sed 's/"file":"[^"]*",//'; }  # config, tensors, shapes
-[ "$(layout "$T/m1.h5")" = "$(layout "$T/m2.h5")" ] || fail "train: the checkpoints differ in config or tensors"
+[ "$(layout "$T/m1.h5")" = "$(layout "$T/train2.h5")" ] || fail "train: the checkpoints differ in config or tensors"
 for k in first_train_loss last_train_loss val_bpb; do
   awk -v a="$(json "$t1" $k)" -v b="$(json "$t2" $k)" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(d < 0.02)}' ||
     fail "train: $k $(json "$t1" $k) (1 rank) vs $(json "$t2" $k) (2 ranks)"
 done
 echo "train: last loss 1 rank $(json "$t1" last_train_loss), 2 ranks $(json "$t2" last_train_loss);" \
   "val_bpb $(json "$t1" val_bpb) vs $(json "$t2" val_bpb) (2 ranks: $SECONDS2 s)"
+
+# The gradient all-reduce overlapped with backward or after it: the same bits.
+# SMALL: 0.05 MB buckets, several per step (the default 25 MB holds this model in one).
+SMALL=(--allreduce-bucket-mb 0.05)
+same_training() {  # what: the checkpoints and losses of runs $2 and $3 identical
+  cmp -s "$T/$2.h5" "$T/$3.h5" || fail "train $1: the checkpoints differ"
+  local a b
+  a=$(cat "$T/$2.0.out")
+  b=$(cat "$T/$3.0.out")
+  for k in first_train_loss last_train_loss val_bpb; do
+    [ "$(json "$a" $k)" = "$(json "$b" $k)" ] || fail "train $1: $k $(json "$a" $k) vs $(json "$b" $k)"
+  done
+}
+buckets() { echo "$(json "$(cat "$T/$1.0.out")" allreduce_buckets_in_backward)/$(json "$(cat "$T/$1.0.out")" allreduce_buckets)"; }
+run2_ok train2_small "${TRAIN_ARGS[@]}" "${SMALL[@]}" --out "$T/train2_small.h5"
+small_s=$SECONDS2
+run2_ok train2_after "${TRAIN_ARGS[@]}" "${SMALL[@]}" --no-overlap-allreduce --out "$T/train2_after.h5"
+grep -q "gradient all-reduce overlapped with backward" "$T/train2_small.0.err" || fail "train: the log does not say overlapped"
+grep -q "gradient all-reduce after backward" "$T/train2_after.0.err" || fail "train: the log does not say after backward"
+case $(buckets train2_small) in 0/* | */1) fail "train: overlap started $(buckets train2_small) buckets during backward" ;; esac
+case $(buckets train2_after) in 0/*) ;; *) fail "train --no-overlap-allreduce started $(buckets train2_after) during backward" ;; esac
+same_training "2 ranks, overlap: 1 bucket vs $(buckets train2_small | cut -d/ -f2)" train2 train2_small
+same_training "2 ranks: overlap vs after backward" train2_small train2_after
+echo "train: 2 ranks, all-reduce overlapped ($(buckets train2_small) buckets started during backward," \
+  "$small_s s) and after backward ($SECONDS2 s): identical checkpoints and losses"
+NR=3 run2_ok train3_small "${TRAIN_ARGS[@]}" "${SMALL[@]}" --out "$T/train3_small.h5"
+small_s=$SECONDS2
+NR=3 run2_ok train3_after "${TRAIN_ARGS[@]}" "${SMALL[@]}" --no-overlap-allreduce --out "$T/train3_after.h5"
+same_training "3 ranks: overlap vs after backward" train3_small train3_after
+echo "train: 3 ranks, all-reduce overlapped ($(buckets train3_small), $small_s s) and after backward" \
+  "($SECONDS2 s): identical checkpoints and losses"
 
 # ---- eval: standard, sliding with doc-mask (+ dumps), legacy.
 EVAL=(eval --device cpu --model "$T/m1.h5" --val "$VAL" --tokenizer "$TOK" --json --quiet)

@@ -1,14 +1,17 @@
 // Multi-rank helpers that need no second process: the even split, torchrun's
-// environment, and the single-rank collectives (no-ops). The 2-process runs
-// are tests/multi_rank.sh.
+// environment, the single-rank collectives (no-ops), and the gradient
+// reducer's buckets and hooks (on one rank its sums are the values themselves).
+// The 2- and 3-process runs are tests/multi_rank.sh.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "data/error.h"
 #include "model/distributed.h"
+#include "model/grad_reducer.h"
 
 namespace pgolf {
 namespace {
@@ -106,6 +109,77 @@ TEST(Distributed, SingleRankCollectivesAreNoOps) {
   barrier();
   abort_ranks("not multi-rank: returns", 1);
   finish_ranks();
+}
+
+TEST(GradReducer, BucketsAreConsecutiveAndCapped) {
+  using B = std::vector<std::vector<size_t>>;
+  EXPECT_EQ(assign_buckets({}, 10), B{});
+  EXPECT_EQ(assign_buckets({3, 3, 3, 3}, 6), (B{{0, 1}, {2, 3}}));
+  EXPECT_EQ(assign_buckets({3, 4, 3}, 6), (B{{0}, {1}, {2}}));
+  EXPECT_EQ(assign_buckets({20, 1, 1, 30, 2}, 10), (B{{0}, {1, 2}, {3}, {4}}));  // too big: alone
+  EXPECT_EQ(assign_buckets({0, 5, 0, 5}, 5), (B{{0, 1, 2}, {3}}));
+  EXPECT_EQ(assign_buckets({1, 2, 3}, 1000), (B{{0, 1, 2}}));
+}
+
+// Leaves a [2, 3], b [4], c [5] (never used: no gradient), d scalar; with a cap
+// of 6 values the buckets are {a}, {b}, {c, d}.
+struct ReducerCase {
+  std::vector<at::Tensor> params;
+  at::Tensor x = at::arange(6, at::kFloat).reshape({2, 3}), y = at::linspace(-1, 1, 4);
+  ReducerCase() {
+    for (auto shape : {std::vector<int64_t>{2, 3}, {4}, {5}, {}})
+      params.push_back(at::ones(shape, at::kFloat).set_requires_grad(true));
+  }
+  at::Tensor loss() const { return (params[0] * x).sum() + (params[1] * y).sum() + params[3] * 3.0; }
+  void backward() const { loss().backward(); }
+  void clear() {
+    for (at::Tensor& p : params) p.mutable_grad().reset();
+  }
+};
+
+TEST(GradReducer, SumsEveryGradientScaledAndZerosForUnused) {
+  for (bool overlap : {true, false}) {
+    ReducerCase c;
+    GradReducer r(c.params, 6, 2, overlap);
+    ASSERT_EQ(r.buckets(), 3u);
+    for (int step = 0; step < 2; ++step) {
+      r.arm(0.5, at::tensor({2.0f, -3.0f}));
+      c.backward();
+      const std::vector<double> extras = r.finish();
+      EXPECT_EQ(extras, (std::vector<double>{2.0, -3.0}));
+      EXPECT_TRUE(at::equal(c.params[0].grad(), c.x * 0.5));
+      EXPECT_TRUE(at::equal(c.params[1].grad(), c.y * 0.5));
+      EXPECT_TRUE(at::equal(c.params[2].grad(), at::zeros({5})));  // defined: every rank reduced it
+      EXPECT_EQ(c.params[3].grad().item<float>(), 1.5f);
+      // {a} and {b} start from their hooks; {c, d} waits for c, which backward never reaches.
+      EXPECT_EQ(r.started_in_backward(), overlap ? 2u : 0u) << "overlap " << overlap << " step " << step;
+      c.clear();
+    }
+  }
+}
+
+TEST(GradReducer, OnlyTheArmedPassReducesAccumulatedGradients) {
+  ReducerCase c;
+  GradReducer r(c.params, 6, 0, true);
+  c.backward();  // an earlier micro-batch: the hooks do nothing
+  r.arm(0.25, at::Tensor());
+  c.backward();
+  EXPECT_TRUE(r.finish().empty());
+  EXPECT_TRUE(at::equal(c.params[0].grad(), (c.x + c.x) * 0.25));
+  EXPECT_EQ(c.params[3].grad().item<float>(), 1.5f);
+  EXPECT_EQ(r.started_in_backward(), 2u);
+  EXPECT_THROW(r.finish(), Error);  // not armed
+}
+
+TEST(GradReducer, RemovesItsHooks) {
+  ReducerCase c;
+  at::Tensor loss;
+  {
+    GradReducer r(c.params, 6, 0, true);
+    loss = c.loss();  // the graph keeps the gradient accumulators alive
+  }
+  loss.backward();  // a hook left behind would call into the destroyed reducer
+  EXPECT_TRUE(at::equal(c.params[0].grad(), c.x));
 }
 
 }  // namespace
