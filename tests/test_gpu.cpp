@@ -9,11 +9,16 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "data/shard.h"
+#include "data/token_stream.h"
+#include "eval/evaluator.h"
 #include "model/fused.h"
 #include "model/gpt.h"
 #include "model/pch.h"
 #include "model/runtime.h"
 #include "tests/gpt_reference.h"
+#include "tests/test_util.h"
+#include "ttt/ttt_runner.h"
 
 namespace pgolf::test {
 namespace {
@@ -214,6 +219,66 @@ TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
       for (size_t i = 0; i < k.size(); ++i) EXPECT_TRUE(k[i].equal(k2[i])) << "leaf " << i;
     }
   }
+}
+
+// A head-dim-64 model (the flash kernels run) on CUDA in float32 weights, and
+// a stream of documents for it.
+struct WideModel {
+  ModelConfig cfg;
+  GptWeights w;
+  std::vector<uint16_t> tok;
+  ByteCounter bc;
+  WideModel() : cfg(tiny_config()), bc(synthetic_byte_counter(512)) {
+    cfg.vocab_size = 512;
+    cfg.model_dim = 128;
+    cfg.num_heads = 2;
+    cfg.num_kv_heads = 1;
+    cfg.train_seq_len = 64;
+    w = on_cuda(random_weights(cfg, 5), at::kFloat);
+    tok = synthetic_bos_stream({9, 14}, 6000, cfg.vocab_size, 3);
+  }
+};
+
+// The eval issue: on the GPU (bf16), bpb must not depend on how windows are
+// batched beyond 1e-5.
+TEST_F(Cuda, EvalBpbDoesNotDependOnTheBatchSize) {
+  WideModel m;
+  TempDir dir;
+  write_shard(dir / "fineweb_val_000000.bin", m.tok);
+  TokenStream s({dir / "fineweb_val_*.bin"});
+  for (uint32_t stride : {0u, 16u}) {
+    std::vector<double> bpb;
+    for (uint64_t windows : {1, 7, 64}) {
+      EvalOptions o;
+      o.plan = stride ? PlanKind::Current : PlanKind::Standard;
+      o.seq_len = 64;
+      o.stride = stride;
+      o.batch_tokens = windows * 64;
+      o.precision = Precision::BF16;
+      bpb.push_back(evaluate(m.w, s, m.bc, o).bpb());
+    }
+    EXPECT_LT(std::abs(bpb[1] - bpb[0]), 1e-5) << "stride " << stride;
+    EXPECT_LT(std::abs(bpb[2] - bpb[0]), 1e-5) << "stride " << stride;
+  }
+}
+
+// The TTT issue: deterministic for a fixed seed on the same GPU (the backward
+// kernels use no atomics), and a different seed moves the result.
+TEST_F(Cuda, TttIsDeterministicForASeed) {
+  WideModel m;
+  TttOptions o;
+  o.lora_rank = 4;
+  o.chunk = 16;
+  o.context = 64;
+  o.batch_docs = 5;
+  o.precision = Precision::BF16;
+  o.seed = 7;
+  const TttResult a = run_ttt(m.w, m.tok, m.bc, o), b = run_ttt(m.w, m.tok, m.bc, o);
+  EXPECT_EQ(a.nll_sum, b.nll_sum);
+  ASSERT_EQ(a.docs.size(), b.docs.size());
+  for (size_t i = 0; i < a.docs.size(); ++i) EXPECT_EQ(a.docs[i].nll, b.docs[i].nll) << "document " << i;
+  o.seed = 8;
+  EXPECT_NE(run_ttt(m.w, m.tok, m.bc, o).nll_sum, a.nll_sum);
 }
 
 }  // namespace
