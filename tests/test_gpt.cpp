@@ -13,6 +13,24 @@
 namespace pgolf::test {
 namespace {
 
+// The scored positions found on the CPU: row-major flat positions, and per-row
+// slots (padding slots read the row's first position).
+TEST(Gpt, ScorePositionsPackEachRowsPositionsIntoSlots) {
+  // Row 0 scores t = 1, 3; row 1 none; row 2 scores t = 0, 2, 3.
+  const at::Tensor m = at::tensor({0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 1}, at::kLong).to(at::kBool).view({3, 4});
+  const ScorePositions p = find_score_positions(m, at::kCPU);
+  auto vec = [](const at::Tensor& t) { return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()); };
+  EXPECT_EQ(vec(p.rows), (std::vector<int64_t>{1, 3, 8, 10, 11}));
+  EXPECT_EQ(p.max_per_row, 3);
+  EXPECT_EQ(vec(p.slot_src), (std::vector<int64_t>{1, 3, 0, 4, 4, 4, 8, 10, 11}));
+  EXPECT_EQ(vec(p.slot_of), (std::vector<int64_t>{0, 1, 6, 7, 8}));
+  // slot_src[slot_of[j]] is rows[j]: the slots hold the scored positions.
+  EXPECT_TRUE(p.slot_src.index_select(0, p.slot_of).equal(p.rows));
+  const ScorePositions none = find_score_positions(at::zeros({2, 5}, at::kBool), at::kCPU);
+  EXPECT_EQ(none.rows.numel(), 0);
+  EXPECT_EQ(none.max_per_row, 0);
+}
+
 TEST(Gpt, Float64ForwardMatchesLoopReference) {
   ModelConfig c = tiny_config();
   GptWeights w = random_weights(c, 7);
