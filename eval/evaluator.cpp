@@ -82,6 +82,24 @@ WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
   return make_record_sliding_plan(num_tokens, o.seq_len, o.stride, o.plan);
 }
 
+WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, const std::vector<uint16_t>& tok,
+                              int64_t L) {
+  WindowBatch b{at::zeros({int64_t(nb), L}, at::kLong), at::zeros({int64_t(nb), L}, at::kLong),
+                at::zeros({int64_t(nb), L}, at::kBool), 0};
+  auto pin = b.inputs.accessor<int64_t, 2>(), ptg = b.targets.accessor<int64_t, 2>();
+  auto pm = b.mask.accessor<bool, 2>();
+  for (size_t k = 0; k < nb; ++k) {
+    const Window& win = plan.windows[b0 + k];
+    for (uint32_t j = 0; j < win.len; ++j) {
+      pin[int64_t(k)][j] = tok[win.start + j];
+      ptg[int64_t(k)][j] = tok[win.start + j + 1];
+      pm[int64_t(k)][j] = j >= win.score_from;
+    }
+    b.scored += int64_t(win.scored());
+  }
+  return b;
+}
+
 EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bc, const EvalOptions& o) {
   c10::NoGradGuard no_grad;  // scoring only
   const std::vector<uint16_t> tok = stream.slice(0, stream.size());
@@ -134,25 +152,13 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   };
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
-    // inputs / targets [nb, L] (short windows padded with 0), score mask [nb, L].
-    at::Tensor in = at::zeros({int64_t(nb), L}, at::kLong), tg = at::zeros({int64_t(nb), L}, at::kLong);
-    at::Tensor mask = at::zeros({int64_t(nb), L}, at::kBool);
-    auto pin = in.accessor<int64_t, 2>(), ptg = tg.accessor<int64_t, 2>();
-    auto pm = mask.accessor<bool, 2>();
-    for (size_t k = 0; k < nb; ++k) {
-      const Window& win = plan.windows[b0 + k];
-      for (uint32_t j = 0; j < win.len; ++j) {
-        pin[int64_t(k)][j] = tok[win.start + j];
-        ptg[int64_t(k)][j] = tok[win.start + j + 1];
-        pm[int64_t(k)][j] = j >= win.score_from;
-      }
-    }
+    const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);
     ForwardOptions fo;
     fo.precision = o.precision;
-    fo.score_mask = to_device(mask, device);
-    fo.positions = find_score_positions(mask, device);
-    if (o.doc_mask) fo.segment_ids = to_device((in == int64_t(o.bos_id)).to(at::kLong).cumsum(1), device);
-    pending.push_back({b0, nb, forward_nll(w, to_device(in, device), to_device(tg, device), fo)});
+    fo.score_mask = to_device(wb.mask, device);
+    fo.positions = find_score_positions(wb.mask, device, /*slots=*/false);
+    if (o.doc_mask) fo.segment_ids = to_device((wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1), device);
+    pending.push_back({b0, nb, forward_nll(w, to_device(wb.inputs, device), to_device(wb.targets, device), fo)});
     read_back(2);
   }
   read_back(0);

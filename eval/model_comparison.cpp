@@ -132,25 +132,13 @@ std::vector<ComparisonResult> compare_models(const GptWeights& reference, const 
   uint64_t scored_so_far = 0;
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
-    at::Tensor in = at::zeros({int64_t(nb), L}, at::kLong), tg = at::zeros({int64_t(nb), L}, at::kLong);
-    at::Tensor mask = at::zeros({int64_t(nb), L}, at::kBool);
-    auto pin = in.accessor<int64_t, 2>(), ptg = tg.accessor<int64_t, 2>();
-    auto pm = mask.accessor<bool, 2>();
-    int64_t n = 0;
-    for (size_t k = 0; k < nb; ++k) {
-      const Window& win = plan.windows[b0 + k];
-      for (uint32_t j = 0; j < win.len; ++j) {
-        pin[k][j] = tok[win.start + j];
-        ptg[k][j] = tok[win.start + j + 1];
-        pm[k][j] = j >= win.score_from;
-      }
-      n += int64_t(win.scored());
-    }
+    const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);
+    const int64_t n = wb.scored;
     ForwardOptions fo;
     fo.precision = o.precision;
-    fo.score_mask = mask.to(device);
-    if (o.doc_mask) fo.segment_ids = (in == int64_t(o.bos_id)).to(at::kLong).cumsum(1).to(device);
-    const at::Tensor in_d = in.to(device), tg_d = tg.to(device);
+    fo.score_mask = wb.mask.to(device);
+    if (o.doc_mask) fo.segment_ids = (wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1).to(device);
+    const at::Tensor in_d = wb.inputs.to(device), tg_d = wb.targets.to(device);
     const BatchScores ref = score_batch(reference, in_d, tg_d, fo, n);
     std::vector<BatchScores> mod;
     for (const GptWeights* m : models) mod.push_back(score_batch(*m, in_d, tg_d, fo, n));

@@ -34,6 +34,18 @@ __device__ __forceinline__ float inv_rms(float ss, int d, float eps) {
   return rsqrtf(__fadd_rn(__fdiv_rn(ss, float(d)), eps));
 }
 
+// The multiplier of one row x[0, d) for a warp (each lane sums its columns):
+// the forward kernels' sum order, so forward and backward agree.
+template <class T>
+__device__ __forceinline__ float row_inv_rms(const T* x, int d, float eps, int lane) {
+  float ss = 0;
+  for (int i = lane; i < d; i += 32) {
+    const float v = ld(x, i);
+    ss = __fadd_rn(ss, __fmul_rn(v, v));
+  }
+  return inv_rms(warp_sum(ss), d, eps);
+}
+
 constexpr int kWarpsPerBlock = 4;
 
 int row_blocks(int64_t rows) { return int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
@@ -46,12 +58,7 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, bf16* __restrict__ out,
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   const T* xr = x + r * d;
-  float ss = 0;
-  for (int i = lane; i < d; i += 32) {
-    const float v = ld(xr, i);
-    ss = __fadd_rn(ss, __fmul_rn(v, v));
-  }
-  const float k = inv_rms(warp_sum(ss), d, eps);
+  const float k = row_inv_rms(xr, d, eps, lane);
   for (int i = lane; i < d; i += 32) {
     float v = __fmul_rn(ld(xr, i), k);
     if (scale) v = __fmul_rn(v, factor);
@@ -122,12 +129,7 @@ __global__ void qk_norm_rope_kernel(const bf16* __restrict__ q, const float* __r
   const int64_t t = (u / heads) % T;
   const bf16* x = q + u * hd;
   bf16* y = out + u * hd;
-  float ss = 0;
-  for (int i = lane; i < hd; i += 32) {
-    const float v = ld(x, i);
-    ss = __fadd_rn(ss, __fmul_rn(v, v));
-  }
-  const float k = inv_rms(warp_sum(ss), hd, eps);
+  const float k = row_inv_rms(x, hd, eps, lane);
   const float g = gain ? gain[h] : 1.0f;
   for (int p = lane; p < half; p += 32) {
     const float a = __fmul_rn(ld(x, p), k), b = __fmul_rn(ld(x, p + half), k);
@@ -290,12 +292,7 @@ __global__ void qk_norm_rope_bwd_kernel(const bf16* __restrict__ q, const bf16* 
   const int64_t t = (u / heads) % T;
   const bf16* x = q + u * hd;
   const bf16* g = gy + u * hd;
-  float ss = 0;
-  for (int i = lane; i < hd; i += 32) {
-    const float v = ld(x, i);
-    ss = __fadd_rn(ss, __fmul_rn(v, v));
-  }
-  const float k = inv_rms(warp_sum(ss), hd, eps);
+  const float k = row_inv_rms(x, hd, eps, lane);
   const float gn = gain ? gain[h] : 1.0f;
   // Pass 1: the gradient at the normed values (before the rotation), its dot
   // with x (for the norm's backward) and the gain's partial sum.

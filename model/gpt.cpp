@@ -219,7 +219,7 @@ at::Tensor to_device(const at::Tensor& cpu, const at::Device& device) {
   return cpu.pin_memory().to(device, /*non_blocking=*/true);
 }
 
-ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& device) {
+ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& device, bool slots) {
   TORCH_CHECK(mask.dim() == 2 && mask.device().is_cpu(), "find_score_positions: mask must be [B, T] on the CPU");
   const at::Tensor m = mask.to(at::kBool).contiguous();
   const int64_t B = m.size(0), T = m.size(1);
@@ -228,6 +228,9 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
   for (int64_t i = 0; i < B * T; ++i)
     if (pm[i]) rows.push_back(i), ++counts[size_t(i / T)];
   ScorePositions p;
+  auto dev = [&](const std::vector<int64_t>& v) { return to_device(at::tensor(v, at::kLong), device); };
+  p.rows = dev(rows);
+  if (!slots) return p;
   p.max_per_row = B ? *std::max_element(counts.begin(), counts.end()) : 0;
   const int64_t R = p.max_per_row;
   std::vector<int64_t> src(size_t(B * R)), slot(rows.size());
@@ -239,8 +242,6 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
     src[size_t(b * R + k)] = rows[j];
     slot[j] = b * R + k;
   }
-  auto dev = [&](const std::vector<int64_t>& v) { return to_device(at::tensor(v, at::kLong), device); };
-  p.rows = dev(rows);
   p.slot_src = dev(src);
   p.slot_of = dev(slot);
   return p;
@@ -436,10 +437,10 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   at::Tensor tgt = targets.reshape({-1});
   // The scored positions: the caller's, else found here (a wait for the GPU).
   ScorePositions pos = opt.positions;
-  if (opt.score_mask.defined() && !pos.rows.defined())
-    pos = find_score_positions(opt.score_mask.to(at::kCPU), inputs.device());
-  if (!opt.score_mask.defined() && opt.lora && opt.lora->adapters.count("head"))
-    pos = find_score_positions(at::ones({B, T}, at::kBool), inputs.device());
+  const bool head_adapter = opt.lora && opt.lora->adapters.count("head");
+  if ((opt.score_mask.defined() && !pos.rows.defined()) || (head_adapter && !pos.slot_src.defined()))
+    pos = find_score_positions(opt.score_mask.defined() ? opt.score_mask.to(at::kCPU) : at::ones({B, T}, at::kBool),
+                               inputs.device());
   at::Tensor rows;
   if (opt.score_mask.defined()) {
     rows = pos.rows;

@@ -88,8 +88,9 @@ struct ScorePositions {
   int64_t max_per_row = 0;
   at::Tensor slot_src, slot_of;
 };
-// mask [B, T] bool on the CPU.
-ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& device);
+// mask [B, T] bool on the CPU. Without `slots` only rows is filled (enough
+// unless a head adapter is in the forward; forward_nll then finds the rest).
+ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& device, bool slots = true);
 
 // A CPU tensor on `device` without making the host wait for the GPU: on CUDA
 // through pinned memory and an asynchronous copy (a plain copy first waits for
