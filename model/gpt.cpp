@@ -16,6 +16,10 @@ namespace {
 
 std::string block(int i) { return "blocks." + std::to_string(i) + "."; }
 
+at::ScalarType act_type(Precision p) {
+  return p == Precision::F64 ? at::kDouble : p == Precision::BF16 ? at::kBFloat16 : at::kFloat;
+}
+
 bool ends_with(const std::string& s, const std::string& t) {
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
 }
@@ -32,8 +36,15 @@ struct Ctx {
   at::Tensor cu_seqlens;  // int32 [n + 1]: packed sequence starts (rows, and documents within rows)
   int64_t max_seqlen = 0;
   const std::function<void(const std::string&, const at::Tensor&)>* tap = nullptr;
+  const CastWeights* cast = nullptr;
 
-  at::Tensor mm_weight(const std::string& n) const { return w.get(n).to(act); }
+  at::Tensor mm_weight(const std::string& n) const {
+    if (cast && cast->type == act) {
+      auto it = cast->tensors.find(n);
+      if (it != cast->tensors.end()) return it->second;
+    }
+    return w.get(n).to(act);
+  }
   at::Tensor pw(const std::string& n) const { return w.get(n).to(math); }  // pointwise parameter, unrounded
   at::Tensor up(const at::Tensor& x) const { return x.to(math); }
   at::Tensor store(const at::Tensor& x) const { return x.to(act); }
@@ -59,27 +70,28 @@ struct Ctx {
   }
 };
 
-// Which key positions each query may see: [T, T] or [B, 1, T, T] bool.
-at::Tensor attention_mask(const Ctx& c, int layer, int64_t T, const at::Device& dev) {
+// Which key positions each query may see: [Q, T] or [B, 1, Q, T] bool, the
+// queries being the last Q of the T positions.
+at::Tensor attention_mask(const Ctx& c, int layer, int64_t T, int64_t Q, const at::Device& dev) {
   at::Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev));
-  at::Tensor diff = pos.unsqueeze(1) - pos.unsqueeze(0);  // query - key
+  at::Tensor diff = pos.narrow(0, T - Q, Q).unsqueeze(1) - pos.unsqueeze(0);  // query - key
   at::Tensor allowed = diff >= 0;
   const int window = c.cfg.attn_windows.empty() ? 0 : c.cfg.attn_windows[layer];
   if (window > 0) allowed = allowed & (diff < window);
   if (c.segment_ids.defined())
-    allowed = (allowed & (c.segment_ids.unsqueeze(2) == c.segment_ids.unsqueeze(1))).unsqueeze(1);
+    allowed = (allowed & (c.segment_ids.narrow(1, T - Q, Q).unsqueeze(2) == c.segment_ids.unsqueeze(1))).unsqueeze(1);
   return allowed;
 }
 
-// q [B, H, T, hd], k/v [B, KV, T, hd] (act type) -> [B, H, T, hd] (math type).
+// q [B, H, Q, hd], k/v [B, KV, T, hd] (act type) -> [B, H, Q, hd] (math type).
 // Scores and softmax in the math type; rows processed in groups to bound memory.
 at::Tensor attention(const Ctx& c, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& allowed) {
-  const int64_t B = q.size(0), H = q.size(1), KV = k.size(1), T = q.size(2), hd = q.size(3);
+  const int64_t B = q.size(0), H = q.size(1), KV = k.size(1), Q = q.size(2), T = k.size(2), hd = q.size(3);
   const at::Tensor kk = KV == H ? k : k.repeat_interleave(H / KV, 1);
   const at::Tensor vv = KV == H ? v : v.repeat_interleave(H / KV, 1);
   const double scale = 1.0 / std::sqrt(double(hd));
-  const int64_t per_row = H * T * T * 4;
+  const int64_t per_row = H * Q * T * 4;
   const int64_t rows = std::max<int64_t>(1, (int64_t(256) << 20) / std::max<int64_t>(per_row, 1));
   std::vector<at::Tensor> outs;
   for (int64_t b = 0; b < B; b += rows) {
@@ -93,17 +105,20 @@ at::Tensor attention(const Ctx& c, const at::Tensor& q, const at::Tensor& k, con
 }
 
 // Attention sublayer of unrolled step `step` (physical layer `layer`) on the
-// normed input n [B, T, d] (act type) -> [B, T, d] (act type).
-// q [B, T, H, hd], k/v [B, T, KV, hd], y [B, T, H, hd].
+// normed input n [B, T, d] (act type) -> [B, Q, d] (act type) for the last Q
+// positions (queries there, keys and values everywhere).
+// q [B, Q, H, hd], k/v [B, T, KV, hd], y [B, Q, H, hd].
 at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, const at::Tensor& cos,
-                        const at::Tensor& sin) {
+                        const at::Tensor& sin, int64_t Q) {
   const ModelConfig& cfg = c.cfg;
   const int64_t B = n.size(0), T = n.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
   const std::string pre = block(layer) + "attn.";
-  at::Tensor q = c.with_lora(c.linear(n, pre + "c_q.weight"), n, lora_key(step, "q"));
+  const at::Tensor nq = Q < T ? n.narrow(1, T - Q, Q) : n;
+  at::Tensor q = c.with_lora(c.linear(nq, pre + "c_q.weight"), nq, lora_key(step, "q"));
   at::Tensor k = c.with_lora(c.linear(n, pre + "c_k.weight"), n, lora_key(step, "k"));
   at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd});
-  q = fused::qk_norm_rope(q, H, cos, sin, c.pw(pre + "q_gain"), c.eps, c.math);
+  q = fused::qk_norm_rope(q, H, Q < T ? cos.narrow(0, T - Q, Q) : cos, Q < T ? sin.narrow(0, T - Q, Q) : sin,
+                          c.pw(pre + "q_gain"), c.eps, c.math);
   k = fused::qk_norm_rope(k, KV, cos, sin, at::Tensor(), c.eps, c.math);
   const int window = cfg.attn_windows.empty() ? 0 : cfg.attn_windows[layer];
   const int64_t window_left = window > 0 ? window - 1 : -1;
@@ -113,33 +128,36 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   at::Tensor y;
   if (flash && c.segment_ids.defined()) {
     // Documents (and rows) as packed sequences; the window as flash's left window.
+    TORCH_CHECK(Q == T, "attention: no query suffix with document masking on flash");
     y = compat::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
                                        c.cu_seqlens, c.max_seqlen, window_left)
             .view({B, T, H, hd});
   } else if (flash && !(c10::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
-    y = compat::dense_flash_attention(q, k, v.contiguous(), window_left);
+    y = compat::dense_flash_attention(q, k, v.contiguous(), window_left);  // causal mask aligned bottom-right
   } else if (flash && window == 0 && compat::has_fused_causal_attention) {
     // Training: SDPA, whose backward is known to work with every libtorch here.
+    TORCH_CHECK(Q == T, "attention: no query suffix under autograd");
     at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);
     if (KV != H) kh = kh.repeat_interleave(H / KV, 1), vh = vh.repeat_interleave(H / KV, 1);
     y = compat::fused_causal_attention(qh, kh, vh).transpose(1, 2);
   } else {
-    y = attention(c, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attention_mask(c, layer, T, n.device()))
+    y = attention(c, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                  attention_mask(c, layer, T, Q, n.device()))
             .transpose(1, 2);
   }
   if (layer >= cfg.num_layers - cfg.xsa_last_n) {
     // XSA: remove from each head's output its component along the unit value
     // vector of its KV group at the same position (float32, as F.normalize
     // runs under autocast).
-    at::Tensor vf = c.up(v);
+    at::Tensor vf = c.up(Q < T ? v.narrow(1, T - Q, Q) : v);
     at::Tensor vhat = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
     if (KV != H) vhat = vhat.repeat_interleave(H / KV, 2);
     at::Tensor yf = c.up(y);
     y = yf - (yf * vhat).sum(-1, true) * vhat;
   }
-  y = y.reshape({B, T, H * hd});
+  y = y.reshape({B, Q, H * hd});
   at::Tensor out = c.with_lora(c.linear(y, pre + "proj.weight"), y, lora_key(step, "o"));
-  return c.with_lora(out, n, lora_key(step, "o_norm"));  // 0410's O adapter reads the block's normed input
+  return c.with_lora(out, nq, lora_key(step, "o_norm"));  // 0410's O adapter reads the block's normed input
 }
 
 // n [B, T, d] -> [B, T, d], act type; hidden [B, T, mlp_hidden]. Unrolled
@@ -155,7 +173,7 @@ at::Tensor attn_half(const Ctx& c, int step, int layer, const at::Tensor& x, con
                      const at::Tensor& cos, const at::Tensor& sin) {
   const std::string pre = block(layer);
   auto [x_in, n] = fused::mix_norm(x, x0, c.pw(pre + "resid_mix"), c.ln_factor(layer), c.eps, c.math);
-  at::Tensor a = attn_forward(c, step, layer, n, cos, sin);
+  at::Tensor a = attn_forward(c, step, layer, n, cos, sin, n.size(1));
   return fused::add_scaled(x_in, a, c.pw(pre + "attn_scale"), c.math);
 }
 
@@ -165,20 +183,24 @@ at::Tensor mlp_half(const Ctx& c, int step, int layer, const at::Tensor& x) {
   return fused::add_scaled(x, m, c.pw(block(layer) + "mlp_scale"), c.math);
 }
 
-// mlp_half(attn_half(x)) with the residual add and the MLP's norm in one step.
+// mlp_half(attn_half(x)) with the residual add and the MLP's norm in one step;
+// x [B, T, d] -> [B, Q, d], the last Q positions.
 at::Tensor block_forward(const Ctx& c, int step, int layer, const at::Tensor& x, const at::Tensor& x0,
-                         const at::Tensor& cos, const at::Tensor& sin) {
+                         const at::Tensor& cos, const at::Tensor& sin, int64_t Q) {
   const std::string pre = block(layer);
+  const int64_t T = x.size(1);
   auto [x_in, n] = fused::mix_norm(x, x0, c.pw(pre + "resid_mix"), c.ln_factor(layer), c.eps, c.math);
-  at::Tensor a = attn_forward(c, step, layer, n, cos, sin);
+  at::Tensor a = attn_forward(c, step, layer, n, cos, sin, Q);
+  if (Q < T) x_in = x_in.narrow(1, T - Q, Q);
   auto [y, n2] = fused::add_norm(x_in, a, c.pw(pre + "attn_scale"), c.ln_factor(layer), c.eps, c.math);
   return fused::add_scaled(y, mlp_forward(c, step, layer, n2), c.pw(pre + "mlp_scale"), c.math);
 }
 
 // Decoder skip: x + w*skip, or lerp(w*skip, x, sigmoid(gate)) with gates.
 at::Tensor add_skip(const Ctx& c, int j, const at::Tensor& x, const at::Tensor& skip) {
+  // round(x + w * skip): add_scaled's rounding exactly.
+  if (!c.cfg.skip_gates_enabled) return fused::add_scaled(x, skip, c.pw("skip_weights")[j], c.math);
   at::Tensor sk = c.pw("skip_weights")[j] * c.up(skip);
-  if (!c.cfg.skip_gates_enabled) return c.store(c.up(x) + sk);
   at::Tensor g = at::sigmoid(c.pw("skip_gates")[j]);
   return c.store(sk + g * (c.up(x) - sk));
 }
@@ -225,9 +247,11 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
   const int64_t B = m.size(0), T = m.size(1);
   const bool* pm = m.data_ptr<bool>();
   std::vector<int64_t> rows, counts(size_t(B), 0);
+  int64_t first_col = T;
   for (int64_t i = 0; i < B * T; ++i)
-    if (pm[i]) rows.push_back(i), ++counts[size_t(i / T)];
+    if (pm[i]) rows.push_back(i), ++counts[size_t(i / T)], first_col = std::min(first_col, i % T);
   ScorePositions p;
+  p.first_col = first_col;
   auto dev = [&](const std::vector<int64_t>& v) { return to_device(at::tensor(v, at::kLong), device); };
   p.rows = dev(rows);
   if (!slots) return p;
@@ -245,6 +269,28 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
   p.slot_src = dev(src);
   p.slot_of = dev(slot);
   return p;
+}
+
+int64_t last_step_queries(const GptWeights& w, const ForwardOptions& opt, const ScorePositions& pos, int64_t T) {
+  const ModelConfig& cfg = w.config;
+  if (!opt.trim_last_step || !opt.score_mask.defined() || opt.lora || opt.linear_input_tap ||
+      opt.segment_ids.defined() || pos.first_col <= 0 || pos.first_col >= T)
+    return T;
+  const std::vector<int> seq = cfg.layer_sequence(opt.looping);
+  if (cfg.parallel_start_layer > 0 && seq.back() >= cfg.parallel_start_layer) return T;
+  if (c10::GradMode::is_enabled())
+    for (const auto& [n, t] : w.tensors)
+      if (t.requires_grad()) return T;  // autograd wants every position's activations
+  return T - pos.first_col;
+}
+
+CastWeights cast_matrix_weights(const GptWeights& w, Precision precision) {
+  at::NoGradGuard no_grad;  // frozen copies: nothing flows back to w
+  CastWeights c;
+  c.type = act_type(precision);
+  for (const auto& [name, t] : w.tensors)
+    if (t.dim() == 2 && ends_with(name, ".weight")) c.tensors[name] = t.to(c.type);
+  return c;
 }
 
 double GptNumerics::norm_eps() {
@@ -369,10 +415,10 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   // Shapes: inputs, targets [B, T]; residual stream [B, T, d]; heads [B, H, T, hd].
   const ModelConfig& cfg = w.config;
   TORCH_CHECK(inputs.dim() == 2 && targets.sizes() == inputs.sizes(), "forward_nll: inputs/targets must be [B, T]");
-  const at::ScalarType act = opt.precision == Precision::F64 ? at::kDouble
-                             : opt.precision == Precision::BF16 ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType act = act_type(opt.precision);
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
-  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora, at::Tensor(), 0, &opt.linear_input_tap};
+  Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora, at::Tensor(), 0, &opt.linear_input_tap,
+        opt.cast};
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
   bool windows = false;
   for (int wdw : cfg.attn_windows) windows |= wdw > 0;
@@ -389,16 +435,24 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   }
   auto [cos, sin] = rope_tables(cfg, T, math, inputs.device());
 
+  // The scored positions: the caller's, else found here (a wait for the GPU).
+  ScorePositions pos = opt.positions;
+  const bool head_adapter = opt.lora && opt.lora->adapters.count("head");
+  if ((opt.score_mask.defined() && !pos.rows.defined()) || (head_adapter && !pos.slot_src.defined()))
+    pos = find_score_positions(opt.score_mask.defined() ? opt.score_mask.to(at::kCPU) : at::ones({B, T}, at::kBool),
+                               inputs.device());
+  const std::vector<int> seq = cfg.layer_sequence(opt.looping);
+  const int64_t Q = last_step_queries(w, opt, pos, T);
+
   at::Tensor x = fused::rms_norm(at::embedding(w.get("tok_emb.weight"), inputs), 1.0, c.eps, act, math);
   if (cfg.embed_dim() != d) x = c.linear(x, "embed_proj.weight");
   const at::Tensor x0 = x;
 
-  const std::vector<int> seq = cfg.layer_sequence(opt.looping);
   const size_t enc = seq.size() / 2;
   const int S = cfg.num_skips();
   std::vector<at::Tensor> skips;
   for (size_t s = 0; s < enc; ++s) {
-    x = block_forward(c, int(s), seq[s], x, x0, cos, sin);
+    x = block_forward(c, int(s), seq[s], x, x0, cos, sin, T);
     skips.push_back(x);
   }
   at::Tensor lane0, lane1;  // two-lane parallel residuals, once started
@@ -414,7 +468,8 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
         lane0 = attn_half(c, int(enc + j), i, x, x0, cos, sin);
         lane1 = mlp_half(c, int(enc + j), i, x);
       } else {
-        x = block_forward(c, int(enc + j), i, x, x0, cos, sin);
+        const bool last = j + enc + 1 == seq.size();
+        x = block_forward(c, int(enc + j), i, x, x0, cos, sin, last ? Q : T);
       }
     } else {
       if (skip) {
@@ -433,19 +488,15 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   if (cfg.embed_dim() != d) x = c.linear(x, "head_proj.weight");
 
   // The head and the loss only where scored, a bounded number of rows at a time.
-  at::Tensor h = x.reshape({B * T, x.size(-1)});
-  at::Tensor tgt = targets.reshape({-1});
-  // The scored positions: the caller's, else found here (a wait for the GPU).
-  ScorePositions pos = opt.positions;
-  const bool head_adapter = opt.lora && opt.lora->adapters.count("head");
-  if ((opt.score_mask.defined() && !pos.rows.defined()) || (head_adapter && !pos.slot_src.defined()))
-    pos = find_score_positions(opt.score_mask.defined() ? opt.score_mask.to(at::kCPU) : at::ones({B, T}, at::kBool),
-                               inputs.device());
+  at::Tensor h = x.reshape({B * Q, x.size(-1)});
+  at::Tensor tgt = targets.narrow(1, T - Q, Q).reshape({-1});
   at::Tensor rows;
   if (opt.score_mask.defined()) {
     rows = pos.rows;
-    h = h.index_select(0, rows);
-    tgt = tgt.index_select(0, rows);
+    // Flat positions b * T + t in the [B, Q] suffix: b * Q + t - (T - Q).
+    const at::Tensor rq = Q < T ? rows.div(T, "floor") * Q + rows.remainder(T) - (T - Q) : rows;
+    h = h.index_select(0, rq);
+    tgt = tgt.index_select(0, rq);
   }
   const std::string head_name = cfg.tie_embeddings ? "tok_emb.weight" : "lm_head.weight";
   if (*c.tap) (*c.tap)(head_name, h);

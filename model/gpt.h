@@ -85,6 +85,7 @@ std::string lora_key(int step, const std::string& site);
 // slot of each scored position. Index tensors are int64 on the forward's device.
 struct ScorePositions {
   at::Tensor rows;
+  int64_t first_col = 0;  // the smallest column t holding a scored position (T when none)
   int64_t max_per_row = 0;
   at::Tensor slot_src, slot_of;
 };
@@ -97,8 +98,19 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
 // all queued GPU work).
 at::Tensor to_device(const at::Tensor& cpu, const at::Device& device);
 
+// The matrix weights (every 2-D "*.weight") already in the activation type
+// of a precision: forwards over weights that do not change (evaluation, TTT's
+// frozen base) cast them once instead of once per forward.
+struct CastWeights {
+  at::ScalarType type = at::kFloat;
+  std::map<std::string, at::Tensor> tensors;
+};
+CastWeights cast_matrix_weights(const GptWeights& w, Precision precision);
+
 struct ForwardOptions {
   Precision precision = Precision::F32;
+  // Optional: w's matrix weights pre-cast (cast_matrix_weights of the same w).
+  const CastWeights* cast = nullptr;
   // [B, T] bool: positions whose NLL is computed (the LM head and the
   // cross-entropy run only there). Undefined = every position.
   at::Tensor score_mask;
@@ -111,6 +123,13 @@ struct ForwardOptions {
   const LoraSet* lora = nullptr;
   // Depth recurrence on (evaluation, and training once past enable_looping_at).
   bool looping = true;
+  // With a score mask whose positions all lie in the last Q columns of each
+  // row, the last unrolled step computes its queries, and everything after
+  // attention, only for those Q columns (keys and values for all T): sliding
+  // windows with stride S score S of every L. Taken when nothing needs the
+  // other rows: no adapters, no input tap, no gradients, no document masking,
+  // no parallel lanes at the end. The same values; false for tests.
+  bool trim_last_step = true;
   // Called with the input of every weight matrix product before it runs
   // (act type, [..., in]) and the weight's name -- including the LM head
   // ("tok_emb.weight" when tied), whose input is the final normed hidden state
@@ -123,6 +142,11 @@ struct GptNumerics {
   // F.rms_norm's default eps (eps=None) as the reference runs it; see model/gpt.cpp.
   static double norm_eps();
 };
+
+// How many trailing positions of T the last unrolled step computes queries
+// (and everything after attention) for: T - pos.first_col when
+// opt.trim_last_step allows it (see there), else T.
+int64_t last_step_queries(const GptWeights& w, const ForwardOptions& opt, const ScorePositions& pos, int64_t T);
 
 // inputs, targets: [B, T] int64 -> NLL [B, T] (float32; float64 under F64),
 // 0 at positions not in score_mask.

@@ -86,12 +86,13 @@ inline at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& 
                                           /*window_size_right=*/int64_t(0));
   return std::get<0>(out);
 }
-// Dense batch: q [B, T, H, hd], k/v [B, T, KV, hd] (KV divides H: grouped
-// heads without copying k/v), causal with the same window rule -> [B, T, H, hd].
+// Dense batch: q [B, Q, H, hd], k/v [B, T, KV, hd] with Q <= T (the queries
+// are the last Q positions: flash aligns the causal mask bottom-right; KV
+// divides H: grouped heads without copying k/v), causal with the same window
+// rule -> [B, Q, H, hd].
 inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        int64_t window_left) {
-  const int64_t T = q.size(1);
-  auto out = at::_flash_attention_forward(q, k, v, std::nullopt, std::nullopt, T, T, /*dropout_p=*/0.0,
+  auto out = at::_flash_attention_forward(q, k, v, std::nullopt, std::nullopt, q.size(1), k.size(1), /*dropout_p=*/0.0,
                                           /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
                                           /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
   return std::get<0>(out);

@@ -24,11 +24,14 @@ TEST(Gpt, ScorePositionsPackEachRowsPositionsIntoSlots) {
   EXPECT_EQ(p.max_per_row, 3);
   EXPECT_EQ(vec(p.slot_src), (std::vector<int64_t>{1, 3, 0, 4, 4, 4, 8, 10, 11}));
   EXPECT_EQ(vec(p.slot_of), (std::vector<int64_t>{0, 1, 6, 7, 8}));
+  EXPECT_EQ(p.first_col, 0);  // row 2 scores t = 0
   // slot_src[slot_of[j]] is rows[j]: the slots hold the scored positions.
   EXPECT_TRUE(p.slot_src.index_select(0, p.slot_of).equal(p.rows));
   const ScorePositions none = find_score_positions(at::zeros({2, 5}, at::kBool), at::kCPU);
   EXPECT_EQ(none.rows.numel(), 0);
   EXPECT_EQ(none.max_per_row, 0);
+  EXPECT_EQ(none.first_col, 5);  // T: no column holds a scored position
+  EXPECT_EQ(find_score_positions(m.narrow(0, 0, 1), at::kCPU).first_col, 1);
 }
 
 TEST(Gpt, Float64ForwardMatchesLoopReference) {
@@ -95,6 +98,81 @@ TEST(Gpt, SegmentsAndScoreMaskMatchLoopReference) {
   for (int t = 0; t < T; ++t) {
     if (mask[0][t].item<bool>()) EXPECT_NEAR(got[0][t].item<double>(), want[t], 1e-12) << t;
     else EXPECT_EQ(got[0][t].item<double>(), 0.0) << t;
+  }
+}
+
+// Sliding windows score a suffix of each row: the last unrolled step then
+// computes queries, MLP and head for the last Q = T - first_col columns only
+// (keys and values for all). Same values as the full forward and the loop
+// reference, on every family switch that allows it; and the switches that
+// need every column (lanes at the end, adapters, document masks, the tap,
+// autograd) keep all T.
+TEST(Gpt, LastStepOnlyComputesTheScoredSuffix) {
+  ModelConfig windows = tiny_config();
+  windows.attn_windows = {0, 0, 3};  // the trimmed step has a window
+  ModelConfig frontier = tiny_frontier_config();
+  frontier.parallel_start_layer = 0;  // no lanes: XSA, gates, loops, windows on the trimmed step
+  ModelConfig lanes = tiny_frontier_config();
+  const int B = 3, T = 10;
+  // Row 0 scores t >= 6, row 1 t = 7 and 9, row 2 nothing: first_col 6, Q 4.
+  at::Tensor mask = at::zeros({B, T}, at::kBool);
+  mask[0].narrow(0, 6, 4).fill_(true);
+  mask[1][7] = true;
+  mask[1][9] = true;
+  for (const ModelConfig* c : {&windows, &frontier, &lanes}) {
+    GptWeights w = random_weights(*c, 23);
+    at::Tensor in = at::randint(c->vocab_size, {B, T}, at::kLong), tg = at::randint(c->vocab_size, {B, T}, at::kLong);
+    ForwardOptions opt;
+    opt.precision = Precision::F64;
+    opt.score_mask = mask;
+    opt.positions = find_score_positions(mask, at::kCPU, /*slots=*/false);
+    EXPECT_EQ(last_step_queries(w, opt, opt.positions, T), c == &lanes ? T : 4);
+    at::Tensor got = forward_nll(w, in, tg, opt);
+    ForwardOptions full = opt;
+    full.trim_last_step = false;
+    EXPECT_EQ(last_step_queries(w, full, full.positions, T), T);
+    at::Tensor untrimmed = forward_nll(w, in, tg, full);
+    Ref ref{w, *c, GptNumerics::norm_eps()};
+    for (int b = 0; b < B; ++b) {
+      std::vector<int64_t> ids(T), tgt(T), seg(T, 0);
+      for (int t = 0; t < T; ++t) { ids[t] = in[b][t].item<int64_t>(); tgt[t] = tg[b][t].item<int64_t>(); }
+      Vec want = ref.nll(ids, tgt, seg);
+      for (int t = 0; t < T; ++t) {
+        const double g = got[b][t].item<double>();
+        EXPECT_NEAR(g, untrimmed[b][t].item<double>(), 1e-12) << "b " << b << " t " << t;
+        if (mask[b][t].item<bool>()) EXPECT_NEAR(g, want[t], 1e-11) << "b " << b << " t " << t;
+        else EXPECT_EQ(g, 0.0) << "b " << b << " t " << t;
+      }
+    }
+  }
+  // What keeps every column.
+  GptWeights w = random_weights(frontier, 29);
+  ForwardOptions opt;
+  opt.score_mask = mask;
+  opt.positions = find_score_positions(mask, at::kCPU, /*slots=*/false);
+  ASSERT_EQ(last_step_queries(w, opt, opt.positions, T), 4);
+  ForwardOptions seg = opt;
+  seg.segment_ids = at::zeros({B, T}, at::kLong);
+  EXPECT_EQ(last_step_queries(w, seg, seg.positions, T), T);
+  ForwardOptions tap = opt;
+  tap.linear_input_tap = [](const std::string&, const at::Tensor&) {};
+  EXPECT_EQ(last_step_queries(w, tap, tap.positions, T), T);
+  LoraSet lora;
+  ForwardOptions adapted = opt;
+  adapted.lora = &lora;
+  EXPECT_EQ(last_step_queries(w, adapted, adapted.positions, T), T);
+  ForwardOptions from0 = opt;
+  from0.positions = find_score_positions(at::ones({B, T}, at::kBool), at::kCPU, /*slots=*/false);
+  EXPECT_EQ(last_step_queries(w, from0, from0.positions, T), T);
+  GptWeights trained = w;
+  for (auto& [n, t] : trained.tensors) t = t.clone().requires_grad_(true);
+  {
+    c10::AutoGradMode grad(true);
+    EXPECT_EQ(last_step_queries(trained, opt, opt.positions, T), T);
+  }
+  {
+    c10::AutoGradMode grad(false);
+    EXPECT_EQ(last_step_queries(trained, opt, opt.positions, T), 4);
   }
 }
 

@@ -250,6 +250,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   const at::ScalarType param_type = o.precision == Precision::F64 ? at::kDouble : at::kFloat;
   FlatAdam adam(AdamConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.adamw});
   std::unique_ptr<BatchAdapters> adapters;  // reused while the batch size stays
+  const CastWeights cast = cast_matrix_weights(w, o.precision);  // the base is frozen: cast once
 
   TttResult r;
   r.used_tokens = n;
@@ -298,6 +299,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const at::Tensor inputs = to_device(cpu.inputs, device), targets = to_device(cpu.targets, device);
       ForwardOptions fo;
       fo.precision = o.precision;
+      fo.cast = &cast;
       fo.score_mask = to_device(cpu.mask, device);
       fo.positions = find_score_positions(cpu.mask, device);
       LoraSet lora = adapters->views(active);
