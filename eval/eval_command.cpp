@@ -37,6 +37,7 @@ struct EvalArgs {
   std::string profile;  // --profile FILE.json
   std::string compare_to;  // --compare-to REF (eval/model_comparison.h)
   bool per_class = false;
+  bool no_cuda_graphs = false;
 };
 
 // --dump: per-target scores and per-document totals (docs/DUMP_FORMAT.md).
@@ -85,15 +86,22 @@ void run_eval(const EvalArgs& a) {
   place_weights(w, dev);
 
   o.seq_len = a.seq_len ? a.seq_len : uint32_t(w.config.eval_length());
-  if (a.stride) {
+  if (a.plan != "current" && a.plan != "legacy" && a.plan != "streaming")
+    throw Error("--plan must be current, legacy or streaming, got '" + a.plan + "'");
+  if (a.plan == "streaming") {
+    o.plan = PlanKind::Streaming;
+    o.stride = a.stride;  // the chunk; 0 = L
+    if (o.stride > o.seq_len)
+      throw Error("--stride (the streaming chunk) must be in [1, L=" + std::to_string(o.seq_len) + "]");
+    if (a.doc_mask) throw Error("--doc-mask does not apply to --plan streaming");
+  } else if (a.stride) {
     o.stride = a.stride;
-    if (a.plan == "current") o.plan = PlanKind::Current;
-    else if (a.plan == "legacy") o.plan = PlanKind::Legacy;
-    else throw Error("--plan must be current or legacy");
+    o.plan = a.plan == "legacy" ? PlanKind::Legacy : PlanKind::Current;
   } else if (a.doc_mask) {
     throw Error("--doc-mask applies to sliding windows: give --stride");
   }
   o.doc_mask = a.doc_mask;
+  o.cuda_graphs = !a.no_cuda_graphs;
   o.rank = rk.rank;  // contiguous window slices (window_plan.h)
   o.world = rk.world;
   o.bos_id = uint16_t(tok.bos_id());
@@ -149,7 +157,8 @@ void run_eval(const EvalArgs& a) {
                         {"seconds", wall},      {"eval_seconds", eval_s},       {"plan", plan},
                         {"seq_len", o.seq_len}, {"stride", o.stride},           {"doc_mask", o.doc_mask},
                         {"device", cuda ? rt.device_name : "cpu"}, {"precision", prec}, {"ranks", rk.world},
-                        {"targets_per_second", double(r.targets) / std::max(eval_s, 1e-9)}};
+                        {"targets_per_second", double(r.targets) / std::max(eval_s, 1e-9)},
+                        {"graph_replays", r.graph_replays}};
     std::printf("%s\n", j.dump().c_str());
   }
 }
@@ -189,9 +198,15 @@ void register_eval_command(CLI::App& app) {
   cmd->add_option("--val", a->val, "validation shards: files or quoted globs")->required();
   cmd->add_option("--tokenizer", a->tokenizer, "the model's SentencePiece .model (byte counting)")->required();
   cmd->add_option("--seq-len", a->seq_len, "window length L (default: the config's eval length)");
-  cmd->add_option("--stride", a->stride, "sliding-window stride S; without it, standard evaluation");
-  cmd->add_option("--plan", a->plan, "sliding plan: current (each target once) or legacy (2026-03-19 numbers)")
+  cmd->add_option("--stride", a->stride,
+                  "sliding-window stride S; without it, standard evaluation (streaming: tokens per stream per "
+                  "forward, default L)");
+  cmd->add_option("--plan", a->plan,
+                  "current (sliding, each target once), legacy (2026-03-19 numbers), or streaming (KV cache over "
+                  "the L - 1 tokens before each chunk: every target sees L tokens; docs/USER_GUIDE.md)")
       ->capture_default_str();
+  cmd->add_flag("--no-cuda-graphs", a->no_cuda_graphs,
+                "launch every batch from the host instead of replaying repeated ones from a CUDA graph");
   cmd->add_flag("--doc-mask", a->doc_mask, "restrict attention inside a window to documents (BOS starts one)");
   cmd->add_option("--batch-tokens", a->batch_tokens, "tokens per forward (default 32 windows on CUDA, 8 on CPU)");
   cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();

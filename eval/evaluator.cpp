@@ -3,13 +3,16 @@
 #include "eval/evaluator.h"
 
 #include <cmath>
+#include <algorithm>
 #include <deque>
 
 #include "data/byte_counter.h"
 #include "data/document_index.h"
 #include "data/error.h"
 #include "data/token_stream.h"
+#include "eval/stream_plan.h"
 #include "model/distributed.h"
+#include "model/forward_graph.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -38,6 +41,7 @@ void EvalResult::add(const EvalResult& o) {
   bytes += o.bytes;
   windows += o.windows;
   tokens_in += o.tokens_in;
+  graph_replays += o.graph_replays;
   if (docs.size() < o.docs.size()) docs.resize(o.docs.size());
   for (size_t i = 0; i < o.docs.size(); ++i) {
     docs[i].nll += o.docs[i].nll;
@@ -100,18 +104,116 @@ WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, cons
   return b;
 }
 
+namespace {
+
+void check_byte_tables(const GptWeights& w, const ByteCounter& bc) {
+  if (bc.size() < size_t(w.config.vocab_size))
+    throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
+                std::to_string(w.config.vocab_size));
+}
+
+// The streaming plan (eval/stream_plan.h): this rank's segments side by side,
+// one row each, `chunk` tokens per forward over a KV cache of L - 1 positions.
+EvalResult evaluate_streaming(const GptWeights& w, const std::vector<uint16_t>& tok, const ByteCounter& bc,
+                              const EvalOptions& o) {
+  if (o.doc_mask) throw Error("eval: --doc-mask does not apply to the streaming plan");
+  check_byte_tables(w, bc);
+  const uint32_t chunk = o.stride ? o.stride : o.seq_len;
+  const uint64_t rows = std::max<uint64_t>(1, o.batch_tokens / chunk);
+  const StreamPlan plan = make_stream_plan(tok.size(), o.seq_len, chunk, uint32_t(rows * uint64_t(o.world)));
+  const auto [first, last] = rank_slice(plan, o.rank, o.world);
+  const DocumentIndex docs(tok.data(), tok.size(), o.bos_id);
+  const at::Device device = w.get("tok_emb.weight").device();
+  const CastWeights cast = cast_matrix_weights(w, o.precision);
+
+  EvalResult r;
+  r.docs.resize(docs.size() + 1);  // + targets before the first BOS
+  uint64_t to_score = 0;
+  for (size_t i = first; i < last; ++i) to_score += plan.segments[i].end - plan.segments[i].score_from;
+  if (o.capture_targets) r.scored.reserve(to_score);
+  const int64_t B = int64_t(last - first);
+  const uint64_t steps = plan.steps(first, last);
+  KvCache kv;
+  kv.keep = int64_t(o.seq_len) - 1;
+  struct Pending {
+    uint64_t offset;  // segment offset of column 0
+    at::Tensor nll;   // [B, width]
+  };
+  std::deque<Pending> pending;
+  auto read_back = [&](size_t keep) {
+    for (; pending.size() > keep; pending.pop_front()) {
+      const Pending& p = pending.front();
+      const at::Tensor nll = p.nll.to(at::kCPU).to(at::kDouble);
+      auto pn = nll.accessor<double, 2>();
+      for (int64_t b = 0; b < B; ++b) {
+        const StreamSegment& sg = plan.segments[first + size_t(b)];
+        for (int64_t j = 0; j < nll.size(1); ++j) {
+          const uint64_t t = sg.feed_from + p.offset + uint64_t(j);
+          if (t >= sg.end) break;
+          if (t < sg.score_from) continue;
+          const double v = pn[b][j];
+          const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
+          const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
+          if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
+          r.count(v, nbytes, di);
+        }
+      }
+      if (o.progress) o.progress(r.targets, to_score);
+    }
+  };
+  for (uint64_t s = 0; s < steps && B > 0; ++s) {
+    const uint64_t offset = s * chunk;
+    uint64_t width = 0;
+    for (size_t i = first; i < last; ++i)
+      width = std::max(width, std::min<uint64_t>(chunk, plan.segments[i].fed() - std::min(offset, plan.segments[i].fed())));
+    // Rows past their segment's end are padded with token 0, unscored; being
+    // later than every real position, the padding is never attended to.
+    at::Tensor in = at::zeros({B, int64_t(width)}, at::kLong), tg = at::zeros({B, int64_t(width)}, at::kLong);
+    at::Tensor mask = at::zeros({B, int64_t(width)}, at::kBool);
+    auto pin = in.accessor<int64_t, 2>(), ptg = tg.accessor<int64_t, 2>();
+    auto pm = mask.accessor<bool, 2>();
+    for (int64_t b = 0; b < B; ++b) {
+      const StreamSegment& sg = plan.segments[first + size_t(b)];
+      for (uint64_t j = 0; j < width; ++j) {
+        const uint64_t t = sg.feed_from + offset + j;
+        if (t >= sg.end) break;
+        pin[b][int64_t(j)] = tok[t];
+        ptg[b][int64_t(j)] = tok[t + 1];
+        pm[b][int64_t(j)] = t >= sg.score_from;
+        ++r.tokens_in;
+      }
+    }
+    ForwardOptions fo;
+    fo.precision = o.precision;
+    fo.cast = &cast;
+    fo.kv = &kv;
+    fo.score_mask = to_device(mask, device);
+    fo.positions = find_score_positions(mask, device, /*slots=*/false);
+    pending.push_back({offset, forward_nll(w, to_device(in, device), to_device(tg, device), fo)});
+    read_back(2);
+  }
+  read_back(0);
+  r.windows = uint64_t(B);  // one stream per segment
+  // Plan order is target order: ranks hold contiguous segments.
+  if (o.capture_targets)
+    std::sort(r.scored.begin(), r.scored.end(),
+              [](const ScoredTarget& a, const ScoredTarget& b) { return a.target < b.target; });
+  return r;
+}
+
+}  // namespace
+
 EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bc, const EvalOptions& o) {
   c10::NoGradGuard no_grad;  // scoring only
   const std::vector<uint16_t> tok = stream.slice(0, stream.size());
+  if (o.plan == PlanKind::Streaming) return evaluate_streaming(w, tok, bc, o);
   const WindowPlan plan = make_eval_plan(tok.size(), o);
   const int64_t L = o.seq_len;
   const size_t per_batch = std::max<size_t>(1, size_t(o.batch_tokens / uint64_t(L)));
   // Whole batches per rank: a window's batch-mates are the one-rank run's.
   const auto [first, last] = rank_slice_batch_aligned(plan, o.rank, o.world, per_batch);
   const DocumentIndex docs(tok.data(), tok.size(), o.bos_id);
-  if (bc.size() < size_t(w.config.vocab_size))
-    throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
-                std::to_string(w.config.vocab_size));
+  check_byte_tables(w, bc);
 
   EvalResult r;
   r.docs.resize(docs.size() + 1);  // + targets before the first BOS
@@ -127,6 +229,8 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
     at::Tensor nll;  // [nb, L]
   };
   std::deque<Pending> pending;
+  const CastWeights cast = cast_matrix_weights(w, o.precision);  // once, not per batch
+  ForwardGraph graph(w, o.cuda_graphs);
   auto read_back = [&](size_t keep) {
     for (; pending.size() > keep; pending.pop_front()) {
       const Pending& p = pending.front();
@@ -155,13 +259,13 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
     const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);
     ForwardOptions fo;
     fo.precision = o.precision;
-    fo.score_mask = to_device(wb.mask, device);
-    fo.positions = find_score_positions(wb.mask, device, /*slots=*/false);
+    fo.cast = &cast;
     if (o.doc_mask) fo.segment_ids = to_device((wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1), device);
-    pending.push_back({b0, nb, forward_nll(w, to_device(wb.inputs, device), to_device(wb.targets, device), fo)});
+    pending.push_back({b0, nb, graph.run(wb.inputs, wb.targets, wb.mask, fo)});
     read_back(2);
   }
   read_back(0);
+  r.graph_replays = uint64_t(graph.replays());
   return r;
 }
 

@@ -26,6 +26,10 @@ struct EvalOptions {
   Precision precision = Precision::F32;
   uint16_t bos_id = 1;
   int rank = 0, world = 1;
+  // Replay repeated batches from a CUDA graph (model/forward_graph.h); the
+  // same kernels on the same shapes, so the same numbers. Off: every batch
+  // launched from the host (for comparison).
+  bool cuda_graphs = true;
   bool capture_targets = false;  // fill EvalResult::scored (eval --dump); off costs one branch per target
   // Called after each batch with (scored targets so far, total to score).
   std::function<void(uint64_t, uint64_t)> progress;
@@ -50,6 +54,7 @@ struct EvalResult {
   uint64_t bytes = 0;       // bytes of the scored targets (repeats included)
   uint64_t windows = 0;     // windows this rank ran
   uint64_t tokens_in = 0;   // input tokens fed to the model
+  uint64_t graph_replays = 0;  // batches replayed from a CUDA graph
   // By document index (a target belongs to the document of the token before
   // it); targets whose context starts before the first BOS go to the last entry.
   std::vector<DocumentTotals> docs;

@@ -79,6 +79,7 @@ const char* plan_kind_name(PlanKind kind) {
     case PlanKind::Standard: return "standard";
     case PlanKind::Current: return "current";
     case PlanKind::Legacy: return "legacy";
+    case PlanKind::Streaming: return "streaming";
   }
   return "?";
 }
@@ -115,7 +116,7 @@ WindowPlan make_sliding_plan(uint64_t num_tokens, uint32_t seq_len, uint32_t str
       fail(kWhat, "legacy plan: " + std::to_string(targets) + " targets is fewer than one stride (" +
                       std::to_string(stride) + "), so no window would be scored");
   } else {
-    fail(kWhat, "make_sliding_plan takes the current or legacy plan, not standard");
+    fail(kWhat, std::string("make_sliding_plan takes the current or legacy plan, not ") + plan_kind_name(kind));
   }
   return p;
 }

@@ -58,7 +58,8 @@ struct Window {
   }
 };
 
-enum class PlanKind { Standard, Current, Legacy };
+// Streaming is not a window plan: eval/stream_plan.h.
+enum class PlanKind { Standard, Current, Legacy, Streaming };
 
 struct WindowPlan {
   PlanKind kind;
@@ -69,7 +70,7 @@ struct WindowPlan {
   uint64_t scored_targets() const;  // sum of scored(), multiplicity included
 };
 
-const char* plan_kind_name(PlanKind kind);  // "standard", "current", "legacy"
+const char* plan_kind_name(PlanKind kind);  // "standard", "current", "legacy", "streaming"
 
 // The reference's trimmed stream length ((N - 1) // L) * L + 1; throws if that
 // leaves no full row (N - 1 < L).

@@ -37,6 +37,7 @@ struct Ctx {
   int64_t max_seqlen = 0;
   const std::function<void(const std::string&, const at::Tensor&)>* tap = nullptr;
   const CastWeights* cast = nullptr;
+  KvCache* kv = nullptr;
 
   at::Tensor mm_weight(const std::string& n) const {
     if (cast && cast->type == act) {
@@ -71,12 +72,12 @@ struct Ctx {
 };
 
 // Which key positions each query may see: [Q, T] or [B, 1, Q, T] bool, the
-// queries being the last Q of the T positions.
-at::Tensor attention_mask(const Ctx& c, int layer, int64_t T, int64_t Q, const at::Device& dev) {
+// queries being the last Q of the T positions; at most `window` keys each
+// (itself included; 0 = no limit).
+at::Tensor attention_mask(const Ctx& c, int64_t window, int64_t T, int64_t Q, const at::Device& dev) {
   at::Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev));
   at::Tensor diff = pos.narrow(0, T - Q, Q).unsqueeze(1) - pos.unsqueeze(0);  // query - key
   at::Tensor allowed = diff >= 0;
-  const int window = c.cfg.attn_windows.empty() ? 0 : c.cfg.attn_windows[layer];
   if (window > 0) allowed = allowed & (diff < window);
   if (c.segment_ids.defined())
     allowed = (allowed & (c.segment_ids.narrow(1, T - Q, Q).unsqueeze(2) == c.segment_ids.unsqueeze(1))).unsqueeze(1);
@@ -120,7 +121,20 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   q = fused::qk_norm_rope(q, H, Q < T ? cos.narrow(0, T - Q, Q) : cos, Q < T ? sin.narrow(0, T - Q, Q) : sin,
                           c.pw(pre + "q_gain"), c.eps, c.math);
   k = fused::qk_norm_rope(k, KV, cos, sin, at::Tensor(), c.eps, c.math);
-  const int window = cfg.attn_windows.empty() ? 0 : cfg.attn_windows[layer];
+  int64_t window = cfg.attn_windows.empty() ? 0 : cfg.attn_windows[layer];  // keys per query, 0 = all
+  at::Tensor keys = k, values = v;  // a KV cache's positions first, then these
+  if (c.kv) {
+    KvCache& kv = *c.kv;
+    if (kv.k.size() <= size_t(step)) kv.k.resize(size_t(step) + 1), kv.v.resize(size_t(step) + 1);
+    if (kv.k[size_t(step)].defined()) {
+      keys = at::cat({kv.k[size_t(step)], k}, 1);
+      values = at::cat({kv.v[size_t(step)], v}, 1);
+    }
+    const int64_t n = keys.size(1), kept = std::min(kv.keep, n);
+    kv.k[size_t(step)] = keys.narrow(1, n - kept, kept);
+    kv.v[size_t(step)] = values.narrow(1, n - kept, kept);
+    window = window > 0 ? std::min(window, kv.keep + 1) : kv.keep + 1;
+  }
   const int64_t window_left = window > 0 ? window - 1 : -1;
   // Flash kernels take head dims that are multiples of 8 up to 256.
   const bool flash = c.act == at::kBFloat16 && q.is_cuda() && compat::has_varlen_flash_attention && hd % 8 == 0 &&
@@ -128,21 +142,22 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   at::Tensor y;
   if (flash && c.segment_ids.defined()) {
     // Documents (and rows) as packed sequences; the window as flash's left window.
-    TORCH_CHECK(Q == T, "attention: no query suffix with document masking on flash");
+    TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache with document masking on flash");
     y = compat::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
                                        c.cu_seqlens, c.max_seqlen, window_left)
             .view({B, T, H, hd});
   } else if (flash && !(c10::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
-    y = compat::dense_flash_attention(q, k, v.contiguous(), window_left);  // causal mask aligned bottom-right
+    // Causal mask aligned bottom-right: the queries are the last of the keys.
+    y = compat::dense_flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
   } else if (flash && window == 0 && compat::has_fused_causal_attention) {
     // Training: SDPA, whose backward is known to work with every libtorch here.
-    TORCH_CHECK(Q == T, "attention: no query suffix under autograd");
+    TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache under autograd");
     at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);
     if (KV != H) kh = kh.repeat_interleave(H / KV, 1), vh = vh.repeat_interleave(H / KV, 1);
     y = compat::fused_causal_attention(qh, kh, vh).transpose(1, 2);
   } else {
-    y = attention(c, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                  attention_mask(c, layer, T, Q, n.device()))
+    y = attention(c, q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                  attention_mask(c, window, keys.size(1), Q, n.device()))
             .transpose(1, 2);
   }
   if (layer >= cfg.num_layers - cfg.xsa_last_n) {
@@ -273,7 +288,7 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
 
 int64_t last_step_queries(const GptWeights& w, const ForwardOptions& opt, const ScorePositions& pos, int64_t T) {
   const ModelConfig& cfg = w.config;
-  if (!opt.trim_last_step || !opt.score_mask.defined() || opt.lora || opt.linear_input_tap ||
+  if (!opt.trim_last_step || !opt.score_mask.defined() || opt.lora || opt.linear_input_tap || opt.kv ||
       opt.segment_ids.defined() || pos.first_col <= 0 || pos.first_col >= T)
     return T;
   const std::vector<int> seq = cfg.layer_sequence(opt.looping);
@@ -393,17 +408,23 @@ void check_weights(const GptWeights& w, const std::string& source) {
 }
 
 std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& cfg, int64_t T, at::ScalarType dtype,
-                                              const at::Device& device) {
+                                              const at::Device& device, int64_t start, int64_t context) {
   const int64_t r = cfg.rotary_dims();
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   at::Tensor j = at::arange(0, r, 2, f32);
   at::Tensor inv_freq;
-  if (cfg.rope_yarn && T > cfg.train_seq_len) {
-    const double scale = double(T) / double(cfg.train_seq_len);
+  if (context <= 0) context = T;
+  if (cfg.rope_yarn && context > cfg.train_seq_len) {
+    const double scale = double(context) / double(cfg.train_seq_len);
     const double base = cfg.rope_base * std::pow(scale, double(r) / double(r - 2));
     inv_freq = 1.0 / at::pow(at::scalar_tensor(base, f32), j / double(r));
   } else {
     inv_freq = (1.0 / at::pow(at::scalar_tensor(cfg.rope_base, f32), j / double(r))).to(at::kBFloat16);
+  }
+  if (start > 0) {
+    at::Tensor pos = at::arange(start, start + T, f32.dtype(at::kDouble));
+    at::Tensor freqs = at::outer(pos, inv_freq.to(at::kDouble));
+    return {freqs.cos().to(dtype), freqs.sin().to(dtype)};
   }
   at::Tensor pos = at::arange(T, f32.dtype(dtype));
   at::Tensor freqs = at::outer(pos, inv_freq.to(dtype));
@@ -418,7 +439,8 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType act = act_type(opt.precision);
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
   Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora, at::Tensor(), 0, &opt.linear_input_tap,
-        opt.cast};
+        opt.cast, opt.kv};
+  TORCH_CHECK(!opt.kv || !opt.segment_ids.defined(), "forward_nll: a KV cache with document masking");
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
   bool windows = false;
   for (int wdw : cfg.attn_windows) windows |= wdw > 0;
@@ -433,7 +455,9 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
     c.cu_seqlens = cu;
     c.max_seqlen = (cu.narrow(0, 1, cu.size(0) - 1) - cu.narrow(0, 0, cu.size(0) - 1)).max().item<int64_t>();
   }
-  auto [cos, sin] = rope_tables(cfg, T, math, inputs.device());
+  auto [cos, sin] = opt.kv ? rope_tables(cfg, T, math, inputs.device(), opt.kv->position, opt.kv->keep + 1)
+                           : rope_tables(cfg, T, math, inputs.device());
+  if (opt.kv) opt.kv->position += T;
 
   // The scored positions: the caller's, else found here (a wait for the GPU).
   ScorePositions pos = opt.positions;

@@ -107,6 +107,18 @@ struct CastWeights {
 };
 CastWeights cast_matrix_weights(const GptWeights& w, Precision precision);
 
+// Keys and values of earlier positions, per unrolled step, carried from one
+// forward to the next (eval's streaming plan): each forward's queries attend
+// over the kept positions and its own, at most keep + 1 keys each (itself and
+// `keep` before it), then the last `keep` are kept. Keys are stored normed and
+// rotated at their positions; `position` is the next forward's first.
+// k, v: [B, kept, KV, hd] in the activation type.
+struct KvCache {
+  int64_t keep = 0;
+  int64_t position = 0;
+  std::vector<at::Tensor> k, v;
+};
+
 struct ForwardOptions {
   Precision precision = Precision::F32;
   // Optional: w's matrix weights pre-cast (cast_matrix_weights of the same w).
@@ -123,6 +135,9 @@ struct ForwardOptions {
   const LoraSet* lora = nullptr;
   // Depth recurrence on (evaluation, and training once past enable_looping_at).
   bool looping = true;
+  // Earlier positions to attend over, updated by the forward; null = none.
+  // Not with segment_ids. Rows carry on from the same rows of the last call.
+  KvCache* kv = nullptr;
   // With a score mask whose positions all lie in the last Q columns of each
   // row, the last unrolled step computes its queries, and everything after
   // attention, only for those Q columns (keys and values for all T): sliding
@@ -153,12 +168,15 @@ int64_t last_step_queries(const GptWeights& w, const ForwardOptions& opt, const 
 at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::Tensor& targets,
                        const ForwardOptions& opt = {});
 
-// The RoPE cos/sin tables for positions [0, T): [T, rotary_dims / 2] each, in
-// `dtype` (float32 or float64). inv_freq[p] = 1 / base^(2p / rotary_dims),
-// rounded to bf16 as the reference's module buffer is; with rope_yarn and T >
-// train_seq_len the base is scaled by (T / train_seq_len)^(r / (r - 2)) and
-// inv_freq is not rounded (the reference recomputes it in float32).
+// The RoPE cos/sin tables for positions [start, start + T): [T, rotary_dims
+// / 2] each, in `dtype` (float32 or float64). inv_freq[p] = 1 / base^(2p /
+// rotary_dims), rounded to bf16 as the reference's module buffer is; with
+// rope_yarn and a context (default T) longer than train_seq_len the base is
+// scaled by (context / train_seq_len)^(r / (r - 2)) and inv_freq is not
+// rounded (the reference recomputes it in float32). From start 0 the angles
+// are the reference's (position * inv_freq in `dtype`); later positions (a
+// KV cache's, far past any window) take them in float64 first.
 std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& cfg, int64_t T, at::ScalarType dtype,
-                                              const at::Device& device);
+                                              const at::Device& device, int64_t start = 0, int64_t context = 0);
 
 }  // namespace pgolf

@@ -18,11 +18,24 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   grep -E "tests passed|FAILED|Failure" -A3 "$O/gpu_build.txt" | head -40 || true
 fi
 P="$B/pgolf"
+"$B/tests/pgolf_gpu_tests" --gtest_filter='Cuda.Streaming*:Cuda.Trimmed*:Cuda.EvalCuda*' 2>&1 | grep -E "streaming bpb|OK \]|FAILED|Failure" -A2 || true
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
 "$B/pgolf_fused_check" >"$O/fused_check.txt" 2>&1 || echo "pgolf_fused_check failed"
 "$P" init --set vocab_size=8192 --out /tmp/base8192.h5 >/dev/null
 MODEL=/tmp/base8192.h5
 [ -f "$C/models/base_gptq.pgz" ] && MODEL="$C/models/base_gptq.pgz"
+# BASE_STEPS=N (no base_gptq.pgz carried): train that model here -- N steps on
+# every training shard, int6 GPTQ with an int8 embedding -- and send it back
+# in $OUT so later calls carry it.
+if [ "$MODEL" = /tmp/base8192.h5 ] && [ "${BASE_STEPS:-0}" -gt 0 ]; then
+  "$P" train --train "$C/shared/data/corpus/fineweb_train_*.bin" --val "$VAL" --tokenizer "$TOK" --out /tmp/base.h5 \
+    --set vocab_size=8192 --iterations "$BASE_STEPS" --warmdown-iters $((BASE_STEPS / 3)) --batch-tokens 131072 \
+    --log-every 100 --json >"$O/base_train.json" 2>"$O/base_train.log" || tail -20 "$O/base_train.log"
+  "$P" quantize --checkpoint /tmp/base.h5 --calib "$C/shared/data/corpus/fineweb_train_*.bin" --calib-batches 64 \
+    --calib-rows 1 --calib-seq-len 2048 --method gptq --tokenizer "$TOK" --out /tmp/base_gptq.pgz --json \
+    >"$O/base_quant.json" 2>"$O/base_quant.log" || tail -20 "$O/base_quant.log"
+  [ -f /tmp/base_gptq.pgz ] && MODEL=/tmp/base_gptq.pgz && cp /tmp/base_gptq.pgz "${OUT:-/tmp}/"
+fi
 "$P" train --train "$C/shared/data/corpus/fineweb_train_000000.bin" --val "$VAL" --tokenizer "$TOK" --out /tmp/t.h5 \
   --set vocab_size=8192 --iterations ${TRAIN_STEPS:-40} --batch-tokens 131072 --log-every 10 --json \
   >"$O/train.json" 2>"$O/train.log" || tail -20 "$O/train.log"
@@ -34,12 +47,24 @@ if [ "${PROFILE:-1}" = 1 ]; then
   "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --max-docs 192 --quiet \
     --profile /tmp/ttt_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/ttt_trace.json 30 >"$O/trace_ttt.txt" 2>&1 || true
 fi
-"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --json --quiet >"$O/eval_std.json"
-"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --json --quiet >"$O/eval_sw.json"
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --json --quiet >"$O/eval_std.json" || echo "eval failed: eval_std.json"
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --json --quiet >"$O/eval_sw.json" || echo "eval failed: eval_sw.json"
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --no-cuda-graphs --json --quiet >"$O/eval_std_nograph.json" || echo "eval failed: eval_std_nograph.json"
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --plan streaming --json --quiet >"$O/eval_stream.json" || echo "eval failed: eval_stream.json"
+"$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --plan streaming --stride 256 --batch-tokens 65536 --json --quiet >"$O/eval_stream256.json" || echo "eval failed: eval_stream256.json"
+if [ "${PROFILE:-1}" = 1 ]; then
+  "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --quiet \
+    --profile /tmp/sw_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/sw_trace.json 30 >"$O/trace_sw.txt" 2>&1 || true
+  "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --quiet \
+    --profile /tmp/std_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/std_trace.json 30 >"$O/trace_std.txt" 2>&1 || true
+fi
 j() { python3 -c "import json,sys; d=json.load(open('$1')); print(' '.join(str(d.get(k)) for k in sys.argv[1:]))" "${@:2}"; }
 echo
 cat "$O/fused_check.txt"
 [ -f "$O/trace_ttt.txt" ] && head -45 "$O/trace_ttt.txt"
+[ -f "$O/trace_sw.txt" ] && head -40 "$O/trace_sw.txt"
+[ -f "$O/trace_std.txt" ] && head -30 "$O/trace_std.txt"
+[ -f "$O/base_train.log" ] && tail -3 "$O/base_train.log"
 grep -E "^(1|10|20|30|40)/" "$O/train.log" || tail -4 "$O/train.log"
 echo "| run | numbers |"
 echo "|---|---|"
@@ -47,5 +72,8 @@ echo "| model | $MODEL |"
 echo "| train | $(j "$O/train.json" steps seconds last_train_loss val_bpb) |"
 echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targets_per_second steps) |"
 echo "| ttt lora-0317 --no-base | $(j "$O/ttt_nobase.json" bpb seconds ttt_seconds targets_per_second) |"
-echo "| eval standard | $(j "$O/eval_std.json" bpb eval_seconds targets_per_second) |"
-echo "| eval sliding S=64 | $(j "$O/eval_sw.json" bpb eval_seconds targets_per_second) |"
+echo "| eval standard (bpb s tok/s replays) | $(j "$O/eval_std.json" bpb eval_seconds targets_per_second graph_replays) |"
+echo "| eval standard --no-cuda-graphs | $(j "$O/eval_std_nograph.json" bpb eval_seconds targets_per_second) |"
+echo "| eval sliding S=64 | $(j "$O/eval_sw.json" bpb eval_seconds targets_per_second graph_replays) |"
+echo "| eval streaming C=L | $(j "$O/eval_stream.json" bpb eval_seconds targets_per_second) |"
+echo "| eval streaming C=256 | $(j "$O/eval_stream256.json" bpb eval_seconds targets_per_second) |"

@@ -112,6 +112,50 @@ TEST(Evaluator, LegacySlidingCountsTheTailAgainLikeTheRecord) {
   EXPECT_NEAR(r.bpb(), bpb_of(want), 1e-9);
 }
 
+// The streaming plan equals, per segment, one forward over the segment's fed
+// tokens with every layer's attention cut to the last L keys (the KV cache's
+// semantics), scored from the segment's first own target -- for any chunk
+// size, on both families (depth recurrence: a cache per unrolled step).
+TEST(Evaluator, StreamingMatchesWholeSegmentsWithLKeyWindows) {
+  Fixture f;
+  TokenStream s({f.dir / "fineweb_val_*.bin"});
+  const uint64_t L = 16, segments = 4;
+  const uint64_t T = (f.tok.size() - 1) / L * L;  // the trimmed stream's targets
+  for (ModelConfig cfg : {tiny_config(), tiny_frontier_config()}) {
+    const GptWeights w = random_weights(cfg, 31);
+    ModelConfig cut = cfg;
+    cut.attn_windows.resize(size_t(cut.num_layers), 0);
+    for (int& win : cut.attn_windows) win = win > 0 ? std::min<int>(win, int(L)) : int(L);
+    Ref ref{w, cut, GptNumerics::norm_eps()};
+    double nll = 0, bytes = 0;
+    for (uint64_t i = 0; i < segments; ++i) {
+      const uint64_t from = T * i / segments, end = T * (i + 1) / segments, feed = from > L - 1 ? from - (L - 1) : 0;
+      std::vector<int64_t> ids, tgt, seg;
+      for (uint64_t t = feed; t < end; ++t) ids.push_back(f.tok[t]), tgt.push_back(f.tok[t + 1]), seg.push_back(0);
+      const std::vector<double> v = ref.nll(ids, tgt, seg);
+      for (uint64_t t = from; t < end; ++t) nll += v[t - feed], bytes += f.bc.bytes(f.tok[t], f.tok[t + 1]);
+    }
+    for (uint32_t chunk : {16u, 5u, 1u}) {
+      EvalOptions o = f64(PlanKind::Streaming, uint32_t(L), chunk, segments * chunk);
+      const EvalResult r = evaluate(w, s, f.bc, o);
+      EXPECT_EQ(r.targets, T) << "every target exactly once";
+      EXPECT_EQ(double(r.bytes), bytes);
+      EXPECT_EQ(r.windows, segments);
+      EXPECT_NEAR(r.nll_sum, nll, 1e-9 * nll) << "layers " << cfg.num_layers << " chunk " << chunk;
+    }
+    // Ranks split the segments; the sums add up.
+    EvalResult sum;
+    for (int rank = 0; rank < 2; ++rank) {
+      EvalOptions o = f64(PlanKind::Streaming, uint32_t(L), 8, 2 * 8);
+      o.rank = rank;
+      o.world = 2;
+      sum.add(evaluate(w, s, f.bc, o));
+    }
+    EXPECT_EQ(sum.targets, T);
+    EXPECT_NEAR(sum.nll_sum, nll, 1e-9 * nll);
+  }
+}
+
 TEST(Evaluator, BatchSizeAndRankSplitDoNotChangeTheSums) {
   Fixture f;
   TokenStream s({f.dir / "fineweb_val_*.bin"});

@@ -239,6 +239,49 @@ struct WideModel {
   }
 };
 
+// Sliding windows' trimmed last step on the GPU: flash attention with fewer
+// queries than keys (causal mask aligned bottom-right), the narrowed RoPE
+// tables, XSA and head rows -- against the CPU's float64 forward and the
+// untrimmed bf16 forward, on both families.
+TEST_F(Cuda, TrimmedLastStepMatchesTheFullForward) {
+  ModelConfig base = tiny_config(), front = tiny_frontier_config();
+  for (ModelConfig* c : {&base, &front}) {
+    c->vocab_size = 512;
+    c->model_dim = 128;
+    c->num_heads = 2;
+    c->num_kv_heads = 1;
+  }
+  base.attn_windows = {0, 0, 24};
+  front.embedding_dim = 64;
+  front.parallel_start_layer = 0;  // lanes at the end keep every column
+  front.attn_windows = {0, 24, 0, 16, 0};
+  const int B = 4, T = 64;
+  at::Tensor mask = at::zeros({B, T}, at::kBool);
+  for (int b = 0; b < 3; ++b) mask[b].narrow(0, 48 + 2 * b, T - 48 - 2 * b).fill_(true);  // row 3: nothing
+  for (const ModelConfig* c : {&base, &front}) {
+    GptWeights w = random_weights(*c, 8);
+    at::Tensor in = at::randint(c->vocab_size, {B, T}, at::kLong), tg = at::randint(c->vocab_size, {B, T}, at::kLong);
+    ForwardOptions f64, bf;
+    f64.precision = Precision::F64;
+    f64.score_mask = mask;
+    bf.precision = Precision::BF16;
+    bf.score_mask = mask.cuda();
+    bf.positions = find_score_positions(mask, at::kCUDA, /*slots=*/false);
+    GptWeights wc = on_cuda(w, at::kFloat);
+    ASSERT_EQ(last_step_queries(wc, bf, bf.positions, T), 16);
+    const at::Tensor ref = forward_nll(w, in, tg, f64);
+    const at::Tensor got = forward_nll(wc, in.cuda(), tg.cuda(), bf).cpu().to(at::kDouble);
+    ForwardOptions full = bf;
+    full.trim_last_step = false;
+    const at::Tensor untrimmed = forward_nll(wc, in.cuda(), tg.cuda(), full).cpu().to(at::kDouble);
+    EXPECT_TRUE((got.masked_select(~mask) == 0).all().item<bool>());
+    const at::Tensor g = got.masked_select(mask), r = ref.masked_select(mask), u = untrimmed.masked_select(mask);
+    EXPECT_LT(((g - r).abs().mean() / r.abs().mean()).item<double>(), 2e-2) << "bf16 relative error";
+    EXPECT_LT((g - u).abs().max().item<double>(), 2e-2) << "trimmed vs full, bf16";
+    EXPECT_LT(std::abs((g - u).sum().item<double>()) / double(g.numel()), 1e-3) << "trimmed vs full, mean";
+  }
+}
+
 // The eval issue: on the GPU (bf16), bpb must not depend on how windows are
 // batched beyond 1e-5.
 TEST_F(Cuda, EvalBpbDoesNotDependOnTheBatchSize) {
@@ -260,6 +303,66 @@ TEST_F(Cuda, EvalBpbDoesNotDependOnTheBatchSize) {
     EXPECT_LT(std::abs(bpb[1] - bpb[0]), 1e-5) << "stride " << stride;
     EXPECT_LT(std::abs(bpb[2] - bpb[0]), 1e-5) << "stride " << stride;
   }
+}
+
+// Repeated batches replayed from a CUDA graph give the numbers of the plain
+// launches (the same kernels on the same shapes); document masks, whose
+// packing reads back from the device, always run plainly.
+TEST_F(Cuda, EvalCudaGraphsGiveThePlainNumbers) {
+  WideModel m;
+  TempDir dir;
+  write_shard(dir / "fineweb_val_000000.bin", m.tok);
+  TokenStream s({dir / "fineweb_val_*.bin"});
+  for (uint32_t stride : {0u, 16u}) {
+    for (bool doc_mask : {false, true}) {
+      if (doc_mask && !stride) continue;
+      EvalOptions o;
+      o.plan = stride ? PlanKind::Current : PlanKind::Standard;
+      o.seq_len = 64;
+      o.stride = stride;
+      o.doc_mask = doc_mask;
+      o.batch_tokens = 4 * 64;
+      o.precision = Precision::BF16;
+      const EvalResult graphed = evaluate(m.w, s, m.bc, o);
+      o.cuda_graphs = false;
+      const EvalResult plain = evaluate(m.w, s, m.bc, o);
+      EXPECT_EQ(plain.graph_replays, 0u);
+      if (doc_mask) EXPECT_EQ(graphed.graph_replays, 0u);
+      else EXPECT_GT(graphed.graph_replays, graphed.windows / 8) << "stride " << stride;
+      EXPECT_EQ(graphed.targets, plain.targets);
+      EXPECT_NEAR(graphed.nll_sum, plain.nll_sum, 1e-9 * plain.nll_sum) << "stride " << stride << " doc " << doc_mask;
+    }
+  }
+}
+
+// The streaming plan on the GPU (flash attention over cache + chunk, the
+// cache's float64 RoPE angles) against the CPU's float64 run of the same
+// plan, and independent of the chunk size beyond bf16 noise.
+TEST_F(Cuda, StreamingEvalMatchesFloat64AndTheChunkDoesNotMatter) {
+  WideModel m;
+  TempDir dir;
+  write_shard(dir / "fineweb_val_000000.bin", m.tok);
+  TokenStream s({dir / "fineweb_val_*.bin"});
+  EvalOptions o;
+  o.plan = PlanKind::Streaming;
+  o.seq_len = 64;
+  o.precision = Precision::F64;
+  o.stride = 32;
+  o.batch_tokens = 8 * 32;
+  GptWeights cpu = m.w;
+  for (auto& [n, x] : cpu.tensors) x = x.cpu().to(at::kDouble);
+  const double ref = evaluate(cpu, s, m.bc, o).bpb();
+  o.precision = Precision::BF16;
+  std::vector<double> got;
+  for (uint32_t chunk : {64u, 32u, 7u}) {
+    o.stride = chunk;
+    o.batch_tokens = 8 * chunk;  // the same 8 segments
+    got.push_back(evaluate(m.w, s, m.bc, o).bpb());
+  }
+  std::printf("streaming bpb: float64 %.8f, bf16 chunk 64 %.8f, 32 %.8f, 7 %.8f\n", ref, got[0], got[1], got[2]);
+  EXPECT_LT(std::abs(got[1] - ref) / ref, 2e-3) << "bf16 vs float64";
+  EXPECT_LT(std::abs(got[0] - got[1]), 5e-4) << "chunk 64 vs 32";
+  EXPECT_LT(std::abs(got[2] - got[1]), 5e-4) << "chunk 7 vs 32";
 }
 
 // The TTT issue: deterministic for a fixed seed on the same GPU (the backward

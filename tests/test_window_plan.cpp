@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/error.h"
+#include "eval/stream_plan.h"
 #include "eval/window_plan.h"
 
 namespace pgolf::test {
@@ -482,6 +483,56 @@ TEST(WindowPlan, SegmentStartsCutLongDocuments) {
   EXPECT_EQ(segment_starts(in.data(), 20, B, 4), (std::vector<uint32_t>{0, 4, 7, 11, 15, 19}));
   EXPECT_EQ(segment_starts(in.data(), 20, B, 0), (std::vector<uint32_t>{0, 7}));
   EXPECT_EQ(segment_starts(in.data(), 20, B, 20), (std::vector<uint32_t>{0, 7}));
+}
+
+// The streaming plan: contiguous segments of the trimmed stream, each scored
+// target in exactly one, warm-up of L - 1 fed targets before each (fewer at
+// the start), steps from the longest fed length, rank slices covering once.
+TEST(StreamPlan, SegmentsCoverTheTrimmedStreamOnce) {
+  for (uint64_t N : {uint64_t(17), uint64_t(100), uint64_t(1001)}) {
+    for (uint32_t L : {1u, 4u, 16u}) {
+      for (uint32_t n : {1u, 3u, 7u, 500u}) {
+        if (N - 1 < L) continue;
+        const StreamPlan p = make_stream_plan(N, L, 5, n);
+        const uint64_t T = (N - 1) / L * L;
+        EXPECT_EQ(p.num_targets, T);
+        EXPECT_EQ(p.segments.size(), std::min<uint64_t>(n, T));
+        Counts scored(T, 0);
+        uint64_t longest = 0;
+        for (const StreamSegment& s : p.segments) {
+          EXPECT_LT(s.score_from, s.end);
+          EXPECT_EQ(s.feed_from, s.score_from >= L - 1 ? s.score_from - (L - 1) : 0);
+          for (uint64_t t = s.score_from; t < s.end; ++t) ++scored[t];
+          longest = std::max(longest, s.fed());
+        }
+        EXPECT_EQ(scored, Counts(T, 1)) << "N " << N << " L " << L << " n " << n;
+        EXPECT_EQ(p.steps(0, p.segments.size()), (longest + 4) / 5);
+        for (int world : {1, 2, 3, 8}) {
+          size_t next = 0;
+          for (int r = 0; r < world; ++r) {
+            const auto [b, e] = rank_slice(p, r, world);
+            EXPECT_EQ(b, next);
+            next = e;
+          }
+          EXPECT_EQ(next, p.segments.size());
+        }
+      }
+    }
+  }
+  // Hand-worked: 33 tokens, L = 8: T = 32 in 3 segments [0, 10), [10, 21), [21, 32).
+  const StreamPlan p = make_stream_plan(33, 8, 8, 3);
+  ASSERT_EQ(p.segments.size(), 3u);
+  EXPECT_EQ(p.segments[0].feed_from, 0u);
+  EXPECT_EQ(p.segments[1].feed_from, 3u);
+  EXPECT_EQ(p.segments[1].score_from, 10u);
+  EXPECT_EQ(p.segments[2].feed_from, 14u);
+  EXPECT_EQ(p.segments[2].end, 32u);
+  EXPECT_EQ(p.steps(0, 3), 3u);  // the longest feeds 18
+  expect_one_line_error([] { make_stream_plan(100, 8, 0, 2); });
+  expect_one_line_error([] { make_stream_plan(100, 8, 4, 0); });
+  expect_one_line_error([] { make_stream_plan(8, 8, 4, 2); });  // 7 targets: no full row of 8
+  expect_one_line_error([] { make_stream_plan(100, 0, 4, 2); });
+  expect_one_line_error([&] { rank_slice(p, 3, 3); });
 }
 
 }  // namespace
