@@ -2,7 +2,8 @@
 # pgolf's main job on a fresh Debian 12 machine, end to end: install, build,
 # fetch the demo corpus (cached), build its validation shard with the shipped
 # tokenizer, and score the shipped GPTQ artifact (demo/model.pgz): standard,
-# sliding-window and document-masked sliding bpb, then score-first LoRA TTT.
+# sliding-window, document-masked sliding and streaming bpb, then score-first
+# LoRA TTT.
 # Prints one table. The GPU is used when there is one.
 #
 #   bash scripts/demo.sh          # the first 100 validation documents (a few minutes on 2 CPU cores)
@@ -51,6 +52,7 @@ EV=(--model $MODEL --val "$VAL" --tokenizer $TOK --json --quiet)
 std=$($PG eval "${EV[@]}" 2>>"$LOG")
 sw=$($PG eval "${EV[@]}" --stride 64 2>>"$LOG")
 swd=$($PG eval "${EV[@]}" --stride 64 --doc-mask 2>>"$LOG")
+stream=$($PG eval "${EV[@]}" --plan streaming 2>>"$LOG")
 ttt=$($PG ttt "${EV[@]}" --recipe lora-0317 --context 256 --chunk 128 --max-docs $TTT_DOCS 2>>"$LOG")
 
 echo
@@ -61,6 +63,7 @@ row() { printf '%-36s %9.4f %9.4f %12d %9.1f\n' "$1" "$(j "$2" bpb)" "$(j "$2" b
 row "standard (L=256)" "$std"
 row "sliding (L=256, S=64)" "$sw"
 row "sliding + document mask" "$swd"
+row "streaming (KV cache, L=256)" "$stream"
 row "TTT lora-0317 (first $TTT_DOCS docs)" "$ttt"
 printf '%-36s %9.4f %9s %12d\n' "  same $TTT_DOCS docs without TTT" "$(j "$ttt" bpb_base)" "" "$(j "$ttt" targets)"
 echo "(evaluation logs: $LOG)"
