@@ -2,6 +2,8 @@
 
 #include "model/pch.h"
 
+#include <c10/core/GradMode.h>
+
 #if PGOLF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <random>
 
+#include <c10/core/GradMode.h>
+
 #include "data/error.h"
 #include "model/gpt.h"
 #include "model/pch.h"
