@@ -4,6 +4,11 @@
 // Prints max abs error (in bf16 steps of the output where useful), time per
 // call and achieved bandwidth; then the same for forward + backward (the
 // gradients of sum(out * u) for a fixed random u, against float64 autograd).
+// Then odd shapes (row length not a multiple of 8, partial RoPE, other head
+// dims, no gain) and the same values at unaligned pointers: the kernels'
+// scalar paths, against ATen too, and where the vector path also applies, its
+// output against the scalar path's bit for bit (column "vec==scalar": the two
+// share one operation order, sum of squares included).
 // Usage: pgolf_fused_check [rows]
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -48,20 +53,52 @@ struct Inputs {
   }
 };
 
-using Op = std::function<at::Tensor(const std::map<std::string, at::Tensor>&, at::ScalarType act, at::ScalarType math)>;
+using Tensors = std::map<std::string, at::Tensor>;
+using Op = std::function<at::Tensor(const Tensors&, at::ScalarType act, at::ScalarType math)>;
 
-void report(const char* name, double bytes, const Inputs& in, const Op& op) {
+// The same values (GPU), each floating tensor at a data pointer one element
+// past a 16-byte boundary, still contiguous: every kernel takes its scalar path.
+Tensors unaligned(const Tensors& gpu) {
+  Tensors out;
+  for (const auto& [name, t] : gpu) {
+    if (!t.is_floating_point()) {
+      out[name] = t;
+      continue;
+    }
+    at::Tensor buf = at::empty({t.numel() + 8}, t.options());
+    out[name] = buf.narrow(0, 1, t.numel()).view(t.sizes()).copy_(t);
+  }
+  return out;
+}
+
+void table_header() {
+  std::printf("%-16s %-18s %9s %9s %9s %9s %8s %6s %8s %6s %s\n", "kernel", "path", "err krnl", "err aten", "max|ref|",
+              "k!=aten%", "krnl ms", "GB/s", "aten ms", "speed", "vec==scalar");
+}
+
+// One table row: errors against the float64 reference, the share of outputs
+// where kernel and ATen differ, times. With `path_check`, the kernel on
+// unaligned copies of the inputs (scalar path) must equal the aligned run.
+void report(const char* name, const char* path, double bytes, const Inputs& in, const Op& op,
+            bool path_check = false) {
   at::Tensor ref = op(in.cpu, at::kDouble, at::kDouble).to(at::kDouble);
-  at::Tensor k = run(true, [&] { return op(in.gpu, at::kBFloat16, at::kFloat); }).cpu().to(at::kDouble);
+  at::Tensor kg = run(true, [&] { return op(in.gpu, at::kBFloat16, at::kFloat); });
+  at::Tensor k = kg.cpu().to(at::kDouble);
   at::Tensor a = run(false, [&] { return op(in.gpu, at::kBFloat16, at::kFloat); }).cpu().to(at::kDouble);
   const double ek = (k - ref).abs().max().item<double>(), ea = (a - ref).abs().max().item<double>();
   const double scale = ref.abs().max().item<double>();
   const double diff = (k - a).ne(0).to(at::kDouble).mean().item<double>();
+  std::string same = "-";
+  if (path_check) {
+    const Tensors shifted = unaligned(in.gpu);
+    const at::Tensor ks = run(true, [&] { return op(shifted, at::kBFloat16, at::kFloat); });
+    const double d = ks.ne(kg).to(at::kDouble).mean().item<double>();
+    same = d == 0 ? "yes" : "NO (" + std::to_string(100 * d) + "% differ)";
+  }
   const double tk = time_ms([&] { run(true, [&] { return op(in.gpu, at::kBFloat16, at::kFloat); }); });
   const double ta = time_ms([&] { run(false, [&] { return op(in.gpu, at::kBFloat16, at::kFloat); }); });
-  std::printf("%-13s err kernel %.3g aten %.3g (max|ref| %.3g; kernel != aten on %.4f%%) | kernel %.3f ms "
-              "%5.0f GB/s | aten %.3f ms | %.1fx\n",
-              name, ek, ea, scale, 100 * diff, tk, bytes / tk / 1e6, ta, ta / tk);
+  std::printf("%-16s %-18s %9.3g %9.3g %9.3g %9.4f %8.3f %6.0f %8.3f %5.1fx %s\n", name, path, ek, ea, scale, 100 * diff,
+              tk, bytes / tk / 1e6, ta, ta / tk, same.c_str());
 }
 
 using GradOp = std::function<std::vector<at::Tensor>(const std::map<std::string, at::Tensor>&, at::ScalarType act,
@@ -126,9 +163,14 @@ int main(int argc, char** argv) {
   const at::Tensor x = bf(at::randn({N, d})), x0 = bf(at::randn({N, d})), a = bf(at::randn({N, d}));
   const at::Tensor mix = at::randn({2, d}), scale = at::randn({d});
   const int64_t B = N / 1024, T = 1024;
+  // RoPE tables [T, half] for `half` rotated pairs.
+  auto rope = [](int64_t T_, int64_t half) {
+    const at::Tensor pos = at::arange(T_, at::kFloat).unsqueeze(1);
+    const at::Tensor inv = at::pow(10000.0, -at::arange(0, 2 * half, 2, at::kFloat) / double(2 * half));
+    return std::make_pair((pos * inv).cos(), (pos * inv).sin());
+  };
   const at::Tensor q = bf(at::randn({B, T, H * hd})), gain = at::rand({H}) + 1.0;
-  const at::Tensor pos = at::arange(T, at::kFloat).unsqueeze(1), inv = at::pow(10000.0, -at::arange(0, hd, 2, at::kFloat) / hd);
-  const at::Tensor cos = (pos * inv).cos(), sin = (pos * inv).sin();
+  const auto [cos, sin] = rope(T, hd / 2);
   const at::Tensor h = bf(at::randn({N, F}));
   const int64_t n_logits = std::min<int64_t>(N, 8192);
   const at::Tensor logits = bf(at::randn({n_logits, V}) * 8), tg = at::randint(V, {n_logits}, at::kLong);
@@ -139,31 +181,101 @@ int main(int argc, char** argv) {
   in.add("logits", logits), in.add("tg", tg), in.add("delta", delta);
   std::printf("fused kernels vs a float64 CPU reference and ATen ops on the GPU; rows %lld, d %lld\n",
               (long long)N, (long long)d);
-  using M = const std::map<std::string, at::Tensor>&;
-  report("rms_norm", 4.0 * N * d, in, [&](M t, at::ScalarType act, at::ScalarType m) {
+  table_header();
+  using M = const Tensors&;
+  report("rms_norm", "vec", 4.0 * N * d, in, [&](M t, at::ScalarType act, at::ScalarType m) {
     return fused::rms_norm(t.at("x"), 0.5, eps, act, m);
   });
-  report("mix_norm", 8.0 * N * d, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("mix_norm", "vec", 8.0 * N * d, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::mix_norm(t.at("x"), t.at("x0"), t.at("mix"), 1.0, eps, m).second;
   });
-  report("add_scaled", 6.0 * N * d, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("add_scaled", "vec", 6.0 * N * d, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::add_scaled(t.at("x"), t.at("a"), t.at("scale"), m);
   });
-  report("add_norm", 8.0 * N * d, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("add_norm", "vec", 8.0 * N * d, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::add_norm(t.at("x"), t.at("a"), t.at("scale"), 1.0, eps, m).second;
   });
-  report("qk_norm_rope", 4.0 * B * T * H * hd, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("qk_norm_rope", "vec, 8 lanes/head", 4.0 * B * T * H * hd, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::qk_norm_rope(t.at("q"), H, t.at("cos"), t.at("sin"), t.at("gain"), eps, m);
   });
-  report("relu_square", 4.0 * N * F, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("relu_square", "vec", 4.0 * N * F, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::relu_square(t.at("h"), 0.5, m);
   });
-  report("softcap_nll", 2.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("softcap_nll", "scalar", 2.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::softcap_nll(t.at("logits"), at::Tensor(), t.at("tg"), 30.0, m);
   });
-  report("softcap+delta", 4.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("softcap+delta", "scalar", 4.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::softcap_nll(t.at("logits"), t.at("delta"), t.at("tg"), 30.0, m);
   });
+
+  // Odd shapes and the scalar paths, on fewer rows: each row also runs on
+  // unaligned copies (scalar path) where the aligned run takes the vector one.
+  const int64_t Ns = std::max<int64_t>(N / 16, 256), d_odd = 100, Ts = 256, Bs = std::max<int64_t>(Ns / Ts, 1);
+  std::printf("\nodd shapes and scalar paths (rows %lld; vec==scalar: the same values at unaligned pointers)\n",
+              (long long)Ns);
+  table_header();
+  Inputs odd;
+  odd.add("x", x.narrow(0, 0, Ns)), odd.add("x0", x0.narrow(0, 0, Ns)), odd.add("a", a.narrow(0, 0, Ns));
+  odd.add("mix", mix), odd.add("scale", scale), odd.add("xf", at::randn({Ns, d}));
+  odd.add("xo", bf(at::randn({Ns, d_odd}))), odd.add("x0o", bf(at::randn({Ns, d_odd})));
+  odd.add("ao", bf(at::randn({Ns, d_odd}))), odd.add("mixo", at::randn({2, d_odd})), odd.add("scaleo", at::randn({d_odd}));
+  odd.add("h_odd", bf(at::randn({Ns + 1, 1001})));  // numel % 8 != 0: vector chunks + a scalar tail
+  report("rms_norm", "vec", 4.0 * Ns * d, odd, [&](M t, at::ScalarType act, at::ScalarType m) {
+    return fused::rms_norm(t.at("x"), 0.5, eps, act, m);
+  }, true);
+  report("rms_norm f32 in", "vec (float4)", 6.0 * Ns * d, odd, [&](M t, at::ScalarType act, at::ScalarType m) {
+    return fused::rms_norm(t.at("xf"), 1.0, eps, act, m);
+  }, true);
+  report("rms_norm d=100", "scalar (d%8)", 4.0 * Ns * d_odd, odd, [&](M t, at::ScalarType act, at::ScalarType m) {
+    return fused::rms_norm(t.at("xo"), 0.5, eps, act, m);
+  });
+  report("mix_norm", "vec", 8.0 * Ns * d, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [x_in, n] = fused::mix_norm(t.at("x"), t.at("x0"), t.at("mix"), 0.5, eps, m);
+    return at::cat({x_in, n}, 1);
+  }, true);
+  report("mix_norm d=100", "scalar (d%8)", 8.0 * Ns * d_odd, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [x_in, n] = fused::mix_norm(t.at("xo"), t.at("x0o"), t.at("mixo"), 1.0, eps, m);
+    return at::cat({x_in, n}, 1);
+  });
+  report("add_scaled", "vec", 6.0 * Ns * d, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::add_scaled(t.at("x"), t.at("a"), t.at("scale"), m);
+  }, true);
+  report("add_scaled d=100", "scalar (d%8)", 6.0 * Ns * d_odd, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::add_scaled(t.at("xo"), t.at("ao"), t.at("scaleo"), m);
+  });
+  report("add_norm", "vec", 8.0 * Ns * d, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [y, n] = fused::add_norm(t.at("x"), t.at("a"), t.at("scale"), 0.5, eps, m);
+    return at::cat({y, n}, 1);
+  }, true);
+  report("add_norm d=100", "scalar (d%8)", 8.0 * Ns * d_odd, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [y, n] = fused::add_norm(t.at("xo"), t.at("ao"), t.at("scaleo"), 1.0, eps, m);
+    return at::cat({y, n}, 1);
+  });
+  report("relu_square odd", "vec + scalar tail", 4.0 * (Ns + 1) * 1001, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::relu_square(t.at("h_odd"), 0.5, m);
+  }, true);
+  // qk_norm_rope: (head dim, rotated pairs, gain); the vector path needs
+  // hd % 8 == 0, hd <= 256 and half % 8 == 0.
+  struct QkCase {
+    int64_t hd, half;
+    bool gain;
+  };
+  for (const QkCase& c : {QkCase{64, 32, true}, QkCase{64, 8, true}, QkCase{64, 32, false}, QkCase{128, 64, true},
+                          QkCase{128, 16, true}, QkCase{32, 16, true}, QkCase{48, 24, true}, QkCase{256, 128, true},
+                          QkCase{64, 4, true}, QkCase{64, 12, true}, QkCase{20, 10, true}, QkCase{40, 8, true},
+                          QkCase{512, 256, true}}) {
+    const bool vec = c.hd % 8 == 0 && c.hd <= 256 && c.half % 8 == 0;
+    int lanes = 1;
+    while (lanes * 8 < c.hd) lanes *= 2;
+    Inputs qi;
+    const auto [qc, qs] = rope(Ts, c.half);
+    qi.add("q", bf(at::randn({Bs, Ts, H * c.hd}))), qi.add("cos", qc), qi.add("sin", qs), qi.add("gain", gain);
+    const std::string name = "qk hd" + std::to_string(c.hd) + " half" + std::to_string(c.half) + (c.gain ? "" : " -g");
+    const std::string path = vec ? "vec, " + std::to_string(lanes) + " lanes/head" : "scalar";
+    report(name.c_str(), path.c_str(), 4.0 * Bs * Ts * H * c.hd, qi, [&](M t, at::ScalarType, at::ScalarType m) {
+      return fused::qk_norm_rope(t.at("q"), H, t.at("cos"), t.at("sin"), c.gain ? t.at("gain") : at::Tensor(), eps, m);
+    }, vec);
+  }
 
   // Forward + backward. Bytes: the backward's own traffic (inputs re-read,
   // upstream gradients read, input gradients written) plus the forward's.
@@ -195,6 +307,29 @@ int main(int argc, char** argv) {
   report_grad("softcap+delta", 10.0 * n_logits * V, in, {"logits", "delta"}, [&](M t, at::ScalarType, at::ScalarType m) {
     return Outs{fused::softcap_nll(t.at("logits"), t.at("delta"), t.at("tg"), 30.0, m)};
   });
+  // The backward kernels' scalar paths (d % 8 != 0) and a partial-RoPE head.
+  report_grad("rms_norm d=100", 8.0 * Ns * d_odd, odd, {"xo"}, [&](M t, at::ScalarType act, at::ScalarType m) {
+    return Outs{fused::rms_norm(t.at("xo"), 0.5, eps, act, m)};
+  });
+  report_grad("mix_norm d=100", 20.0 * Ns * d_odd, odd, {"xo", "x0o", "mixo"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [x_in, n] = fused::mix_norm(t.at("xo"), t.at("x0o"), t.at("mixo"), 1.0, eps, m);
+    return Outs{x_in, n};
+  });
+  report_grad("add_norm d=100", 20.0 * Ns * d_odd, odd, {"xo", "ao", "scaleo"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    auto [y, n] = fused::add_norm(t.at("xo"), t.at("ao"), t.at("scaleo"), 1.0, eps, m);
+    return Outs{y, n};
+  });
+  report_grad("relu_sq odd", 10.0 * (Ns + 1) * 1001, odd, {"h_odd"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::relu_square(t.at("h_odd"), 0.5, m)};
+  });
+  {
+    Inputs qi;
+    const auto [qc, qs] = rope(Ts, 8);
+    qi.add("q", bf(at::randn({Bs, Ts, H * hd}))), qi.add("cos", qc), qi.add("sin", qs), qi.add("gain", gain);
+    report_grad("qk half8", 10.0 * Bs * Ts * H * hd, qi, {"q", "gain"}, [&](M t, at::ScalarType, at::ScalarType m) {
+      return Outs{fused::qk_norm_rope(t.at("q"), H, t.at("cos"), t.at("sin"), t.at("gain"), eps, m)};
+    });
+  }
   (void)KV;
   return 0;
 }

@@ -1,7 +1,10 @@
 // CUDA kernels of model/fused.h: bf16 in and out, float32 math, each product
 // and sum rounded on its own (__fmul_rn / __fadd_rn) as the ATen reference
-// rounds it. Row kernels use one warp per row; the sum of squares is the only
-// place where the order of operations differs from the reference.
+// rounds it. Row kernels use one warp per row (qk_norm_rope: a group of lanes
+// per head); the sum of squares is the only place where the order of
+// operations differs from the reference. Memory-bound kernels move 8 bf16 per
+// lane in one 16-byte load / store where the row length and the pointers allow
+// it (the "vector path"), else the same arithmetic one element at a time.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -11,6 +14,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 
 #include "model/fused_cuda.h"
 
@@ -29,19 +34,110 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// ---- 8 consecutive values per lane. kVec: one 16-byte access (two for
+// float32), p + i 16-byte aligned; else n <= 8 scalar ones (the values past n
+// read as 0, none written). bf16 <-> float32 conversions as the scalar code's.
+
+// bf16 pairs in 32-bit words (element 0 in the low half) <-> float32, by bit
+// operations, so the 16-byte access stays one instruction. Exact as
+// __bfloat162float; __float2bfloat16_rn rounds as in the scalar code.
+__device__ __forceinline__ void unpack8(const uint4& u, float (&v)[8]) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    v[2 * e] = __uint_as_float(w[e] << 16);
+    v[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+  return unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+         (unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+}
+
+template <bool kVec>
+__device__ __forceinline__ void load8(const bf16* p, int64_t i, int n, float (&v)[8]) {
+  if (kVec) {
+    unpack8(*reinterpret_cast<const uint4*>(p + i), v);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = e < n ? ld(p, i + e) : 0.0f;
+  }
+}
+
+template <bool kVec>
+__device__ __forceinline__ void load8(const float* p, int64_t i, int n, float (&v)[8]) {
+  if (kVec) {
+    const float4 a = *reinterpret_cast<const float4*>(p + i), b = *reinterpret_cast<const float4*>(p + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = e < n ? ld(p, i + e) : 0.0f;
+  }
+}
+
+template <bool kVec>
+__device__ __forceinline__ void store8(bf16* p, int64_t i, int n, const float (&v)[8]) {
+  if (kVec) {
+    *reinterpret_cast<uint4*>(p + i) =
+        make_uint4(pack2(v[0], v[1]), pack2(v[2], v[3]), pack2(v[4], v[5]), pack2(v[6], v[7]));
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (e < n) p[i + e] = __float2bfloat16_rn(v[e]);
+  }
+}
+
+template <bool kVec>
+__device__ __forceinline__ void store8(float* p, int64_t i, int n, const float (&v)[8]) {
+  if (kVec) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (e < n) p[i + e] = v[e];
+  }
+}
+
+// Columns of a row per lane: 8-column chunk j of a row belongs to lane j % 32,
+// so a lane's chunks start at lane * 8 + 256 m. The number of them valid here.
+template <bool kVec>
+__device__ __forceinline__ int chunk_len(int c, int d) {
+  return kVec ? 8 : min(8, d - c);
+}
+
+// A pass over a row whose order does not matter (no sum across columns): the
+// vector path's chunks, or on the scalar path one column per lane and step,
+// so that a warp's loads stay coalesced there too.
+template <bool kVec>
+constexpr int kPassLen = kVec ? 8 : 1;
+template <bool kVec>
+constexpr int kPassStep = kVec ? 256 : 32;
+
+__device__ __forceinline__ float add_sq(float ss, float v) { return __fadd_rn(ss, __fmul_rn(v, v)); }
+
 // x / sqrt(mean(x^2) + eps) factor: the multiplier for a row with sum of squares ss.
 __device__ __forceinline__ float inv_rms(float ss, int d, float eps) {
   return rsqrtf(__fadd_rn(__fdiv_rn(ss, float(d)), eps));
 }
 
-// The multiplier of one row x[0, d) for a warp (each lane sums its columns):
-// the forward kernels' sum order, so forward and backward agree.
-template <class T>
+// The multiplier of one row x[0, d) for a warp, in the one sum order of all
+// the norm kernels, forward and backward: each lane adds the squares of its
+// chunks (above) column by column, left to right, then warp_sum. The vector
+// and the scalar loads give the same float; so does a group of 2^m >= d / 8
+// lanes reducing among themselves (qk_norm_rope), since warp_sum's other
+// steps would only add zeros to it.
+template <bool kVec = false, class T>
 __device__ __forceinline__ float row_inv_rms(const T* x, int d, float eps, int lane) {
   float ss = 0;
-  for (int i = lane; i < d; i += 32) {
-    const float v = ld(x, i);
-    ss = __fadd_rn(ss, __fmul_rn(v, v));
+  for (int c = lane * 8; c < d; c += 256) {
+    const int n = chunk_len<kVec>(c, d);
+    float v[8];
+    load8<kVec>(x, c, n, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (e < n) ss = add_sq(ss, v[e]);
   }
   return inv_rms(warp_sum(ss), d, eps);
 }
@@ -51,22 +147,93 @@ constexpr int kWarpsPerBlock = 4;
 int row_blocks(int64_t rows) { return int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 
 // out[r] = bf16((x[r] * inv_rms) * factor)
-template <class T>
+template <bool kVec, class T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, bf16* __restrict__ out, int64_t rows, int d, float factor,
                                 float eps, bool scale) {
   const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   const T* xr = x + r * d;
-  const float k = row_inv_rms(xr, d, eps, lane);
-  for (int i = lane; i < d; i += 32) {
-    float v = __fmul_rn(ld(xr, i), k);
-    if (scale) v = __fmul_rn(v, factor);
-    out[r * d + i] = __float2bfloat16_rn(v);
+  const float k = row_inv_rms<kVec>(xr, d, eps, lane);
+  for (int c = lane * kPassLen<kVec>; c < d; c += kPassStep<kVec>) {
+    float v[8];
+    load8<kVec>(xr, c, kPassLen<kVec>, v);
+#pragma unroll
+    for (int e = 0; e < kPassLen<kVec>; ++e) {
+      v[e] = __fmul_rn(v[e], k);
+      if (scale) v[e] = __fmul_rn(v[e], factor);
+    }
+    store8<kVec>(out, r * d + c, kPassLen<kVec>, v);
   }
 }
 
-// x_in = bf16(mix0 x + mix1 x0); n = bf16((x_in * inv_rms) * factor)
+// rms_norm's vector path for bf16 rows of d <= 256 kRmsChunks: a warp loads
+// kRmsRows rows whole into registers first (more bytes in flight, no second
+// read), then norms them one by one, in row_inv_rms's sum order.
+constexpr int kRmsChunks = 2, kRmsRows = 2;
+__global__ void rms_norm_rows_kernel(const bf16* __restrict__ x, bf16* __restrict__ out, int64_t rows, int d,
+                                     float factor, float eps, bool scale) {
+  const int64_t r0 = (int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32) * kRmsRows;
+  const int lane = threadIdx.x % 32;
+  uint4 raw[kRmsRows][kRmsChunks];
+#pragma unroll
+  for (int j = 0; j < kRmsRows; ++j)
+#pragma unroll
+    for (int m = 0; m < kRmsChunks; ++m) {
+      const int c = lane * 8 + 256 * m;
+      raw[j][m] = make_uint4(0, 0, 0, 0);
+      if (r0 + j < rows && c < d) raw[j][m] = *reinterpret_cast<const uint4*>(x + (r0 + j) * d + c);
+    }
+#pragma unroll
+  for (int j = 0; j < kRmsRows; ++j) {
+    if (r0 + j >= rows) return;
+    float ss = 0;
+#pragma unroll
+    for (int m = 0; m < kRmsChunks; ++m) {
+      float v[8];
+      unpack8(raw[j][m], v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss = add_sq(ss, v[e]);  // + 0 past the row's end
+    }
+    const float k = inv_rms(warp_sum(ss), d, eps);
+#pragma unroll
+    for (int m = 0; m < kRmsChunks; ++m) {
+      const int c = lane * 8 + 256 * m;
+      if (c >= d) break;
+      float v[8];
+      unpack8(raw[j][m], v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        v[e] = __fmul_rn(v[e], k);
+        if (scale) v[e] = __fmul_rn(v[e], factor);
+      }
+      store8<true>(out, (r0 + j) * d + c, 8, v);
+    }
+  }
+}
+
+// The second pass of mix_norm / add_norm: n = bf16((v * k) * factor) for the
+// row's values v, read back from the bf16 row the warp has just written (the
+// scalar path reads other lanes' columns: __syncwarp orders those writes).
+template <bool kVec>
+__device__ __forceinline__ void norm_row_out(const bf16* v_row, bf16* n_row, int d, int lane, float k, float factor,
+                                             bool scale) {
+  if (!kVec) __syncwarp();
+  for (int c = lane * kPassLen<kVec>; c < d; c += kPassStep<kVec>) {
+    float v[8];
+    load8<kVec>(v_row, c, kPassLen<kVec>, v);
+#pragma unroll
+    for (int e = 0; e < kPassLen<kVec>; ++e) {
+      v[e] = __fmul_rn(v[e], k);
+      if (scale) v[e] = __fmul_rn(v[e], factor);
+    }
+    store8<kVec>(n_row, c, kPassLen<kVec>, v);
+  }
+}
+
+// x_in = bf16(mix0 x + mix1 x0); n = bf16((x_in * inv_rms) * factor). The
+// sum of squares is row_inv_rms's order over the rounded x_in values.
+template <bool kVec>
 __global__ void mix_norm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ x0, const float* __restrict__ mix,
                                 bf16* __restrict__ x_in, bf16* __restrict__ n, int64_t rows, int d, float factor,
                                 float eps, bool scale) {
@@ -75,20 +242,25 @@ __global__ void mix_norm_kernel(const bf16* __restrict__ x, const bf16* __restri
   if (r >= rows) return;
   const int64_t o = r * d;
   float ss = 0;
-  for (int i = lane; i < d; i += 32) {
-    const float v = round_bf16(__fadd_rn(__fmul_rn(mix[i], ld(x, o + i)), __fmul_rn(mix[d + i], ld(x0, o + i))));
-    x_in[o + i] = __float2bfloat16_rn(v);
-    ss = __fadd_rn(ss, __fmul_rn(v, v));
+  for (int c = lane * 8; c < d; c += 256) {
+    const int len = chunk_len<kVec>(c, d);
+    float a[8], b[8], m0[8], m1[8], v[8];
+    load8<kVec>(x, o + c, len, a);
+    load8<kVec>(x0, o + c, len, b);
+    load8<kVec>(mix, c, len, m0);
+    load8<kVec>(mix, d + c, len, m1);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = round_bf16(__fadd_rn(__fmul_rn(m0[e], a[e]), __fmul_rn(m1[e], b[e])));
+      if (e < len) ss = add_sq(ss, v[e]);
+    }
+    store8<kVec>(x_in, o + c, len, v);
   }
-  const float k = inv_rms(warp_sum(ss), d, eps);
-  for (int i = lane; i < d; i += 32) {
-    float v = __fmul_rn(ld(x_in, o + i), k);
-    if (scale) v = __fmul_rn(v, factor);
-    n[o + i] = __float2bfloat16_rn(v);
-  }
+  norm_row_out<kVec>(x_in + o, n + o, d, lane, inv_rms(warp_sum(ss), d, eps), factor, scale);
 }
 
-// y = bf16(x + scale a); with `norm`, n = bf16((y * inv_rms) * factor)
+// y = bf16(x + scale a); n = bf16((y * inv_rms) * factor)
+template <bool kVec>
 __global__ void add_norm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ a,
                                 const float* __restrict__ sc, bf16* __restrict__ y, bf16* __restrict__ n,
                                 int64_t rows, int d, float factor, float eps, bool scale) {
@@ -97,27 +269,48 @@ __global__ void add_norm_kernel(const bf16* __restrict__ x, const bf16* __restri
   if (r >= rows) return;
   const int64_t o = r * d;
   float ss = 0;
-  for (int i = lane; i < d; i += 32) {
-    const float v = round_bf16(__fadd_rn(ld(x, o + i), __fmul_rn(sc[i], ld(a, o + i))));
-    y[o + i] = __float2bfloat16_rn(v);
-    ss = __fadd_rn(ss, __fmul_rn(v, v));
+  for (int c = lane * 8; c < d; c += 256) {
+    const int len = chunk_len<kVec>(c, d);
+    float xv[8], av[8], s[8], v[8];
+    load8<kVec>(x, o + c, len, xv);
+    load8<kVec>(a, o + c, len, av);
+    load8<kVec>(sc, c, len, s);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = round_bf16(__fadd_rn(xv[e], __fmul_rn(s[e], av[e])));
+      if (e < len) ss = add_sq(ss, v[e]);
+    }
+    store8<kVec>(y, o + c, len, v);
   }
-  const float k = inv_rms(warp_sum(ss), d, eps);
-  for (int i = lane; i < d; i += 32) {
-    float v = __fmul_rn(ld(y, o + i), k);
-    if (scale) v = __fmul_rn(v, factor);
-    n[o + i] = __float2bfloat16_rn(v);
-  }
+  norm_row_out<kVec>(y + o, n + o, d, lane, inv_rms(warp_sum(ss), d, eps), factor, scale);
 }
 
-// y = bf16(x + scale[i % d] a), 2 elements per thread.
+// Elementwise kernels: each thread takes 8 elements (one 16-byte load per
+// input) per step over the first nvec * 8 elements, then the rest one at a
+// time; nvec = 0 is the scalar path.
+__device__ __forceinline__ float add_scaled_one(float x, float s, float a) { return __fadd_rn(x, __fmul_rn(s, a)); }
+
+// y = bf16(x + scale[i % d] a); the vector path needs d % 8 == 0 (a chunk is
+// inside one row, its 8 scales contiguous and 32-byte aligned).
 __global__ void add_scaled_kernel(const bf16* __restrict__ x, const bf16* __restrict__ a,
-                                  const float* __restrict__ sc, bf16* __restrict__ y, int64_t numel, int d) {
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < numel; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16_rn(__fadd_rn(ld(x, i), __fmul_rn(sc[i % d], ld(a, i))));
+                                  const float* __restrict__ sc, bf16* __restrict__ y, int64_t numel, int d,
+                                  int64_t nvec) {
+  const int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t v = i0; v < nvec; v += stride) {
+    float xv[8], av[8], s[8];
+    load8<true>(x, v * 8, 8, xv);
+    load8<true>(a, v * 8, 8, av);
+    load8<true>(sc, (v * 8) % d, 8, s);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) xv[e] = add_scaled_one(xv[e], s[e], av[e]);
+    store8<true>(y, v * 8, 8, xv);
+  }
+  for (int64_t i = nvec * 8 + i0; i < numel; i += stride)
+    y[i] = __float2bfloat16_rn(add_scaled_one(ld(x, i), sc[i % d], ld(a, i)));
 }
 
-// One warp per (row position, head): q [rows = B*T, heads, hd] -> out, same layout.
+// One warp per (row position, head): q [rows = B*T, heads, hd] -> out, same
+// layout. Any hd and half (the scalar path).
 __global__ void qk_norm_rope_kernel(const bf16* __restrict__ q, const float* __restrict__ cos,
                                     const float* __restrict__ sin, const float* __restrict__ gain,
                                     bf16* __restrict__ out, int64_t units, int64_t T, int heads, int hd, int half,
@@ -150,12 +343,92 @@ __global__ void qk_norm_rope_kernel(const bf16* __restrict__ q, const float* __r
   }
 }
 
-__global__ void relu_square_kernel(const bf16* __restrict__ h, bf16* __restrict__ out, int64_t numel, float slope) {
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < numel; i += int64_t(gridDim.x) * blockDim.x) {
-    float v = ld(h, i);
-    if (v < 0.0f) v = __fmul_rn(v, slope);
-    out[i] = __float2bfloat16_rn(__fmul_rn(v, v));
+// The vector path of qk_norm_rope (hd % 8 == 0, hd <= 256, half % 8 == 0,
+// 16-byte aligned q / out / cos / sin, units * lanes < 2^31): a group of
+// `lanes` (2^m >= hd / 8) lanes per unit, one 8-column chunk (16 bytes) per
+// lane, 32 / lanes units per warp at a time (hd 64: 4 heads), kQkSteps such
+// steps per warp with all their loads issued first (more bytes in flight).
+// The group reduces its sum of squares alone (row_inv_rms's order); a rotated
+// chunk's partner columns (+-half) are the chunk of the lane half / 8 away,
+// fetched by shuffles. Both rotated halves take one code path: with P = own
+// value * k, Q = partner's * k, column p gives P c + Q s and column p + half
+// Q (-s) + P c = P c + Q (-s), the same two rounded products and sum.
+constexpr int kQkThreads = 256, kQkSteps = 2;
+__global__ void __launch_bounds__(kQkThreads) qk_norm_rope_vec_kernel(
+    const bf16* __restrict__ q, const float* __restrict__ cos, const float* __restrict__ sin,
+    const float* __restrict__ gain, bf16* __restrict__ out, unsigned units, unsigned T, unsigned heads, int hd, int half,
+    int lanes, float eps) {
+  const int lane = threadIdx.x % 32, gl = lane & (lanes - 1), c = gl * 8;
+  const unsigned per_step = 32 / lanes, warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  const unsigned u0 = warp * per_step * kQkSteps + unsigned(lane / lanes);  // + per_step each step
+  const int hb = half / 8;  // chunks in each rotated half
+  const bool first = gl < hb, rotated = gl < 2 * hb;
+  const int src = first ? lane + hb : rotated ? lane - hb : lane, p = first ? c : c - half;
+  uint4 raw[kQkSteps];
+#pragma unroll
+  for (int i = 0; i < kQkSteps; ++i) {
+    const unsigned u = u0 + i * per_step;
+    raw[i] = make_uint4(0, 0, 0, 0);
+    if (u < units && c < hd) raw[i] = *reinterpret_cast<const uint4*>(q + int64_t(u) * hd + c);
   }
+#pragma unroll
+  for (int i = 0; i < kQkSteps; ++i) {
+    const unsigned u = u0 + i * per_step;
+    const bool live = u < units && c < hd;  // dead lanes still take part in the shuffles
+    float x[8];
+    unpack8(raw[i], x);
+    float ss = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss = add_sq(ss, x[e]);
+    for (int o = lanes / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float k = inv_rms(ss, hd, eps);
+    uint4 pr;
+    pr.x = __shfl_sync(0xffffffffu, raw[i].x, src);
+    pr.y = __shfl_sync(0xffffffffu, raw[i].y, src);
+    pr.z = __shfl_sync(0xffffffffu, raw[i].z, src);
+    pr.w = __shfl_sync(0xffffffffu, raw[i].w, src);
+    if (!live) continue;
+    const unsigned row = u / heads, h = u - row * heads, t = row % T;
+    const float g = gain ? gain[h] : 1.0f;
+    float y[8];
+    if (rotated) {
+      float xp[8], cs[8], sn[8];
+      unpack8(pr, xp);
+      load8<true>(cos, int64_t(t) * half + p, 8, cs);
+      load8<true>(sin, int64_t(t) * half + p, 8, sn);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float P = __fmul_rn(x[e], k), Q = __fmul_rn(xp[e], k);
+        y[e] = __fadd_rn(__fmul_rn(P, cs[e]), __fmul_rn(Q, first ? sn[e] : -sn[e]));
+        if (gain) y[e] = __fmul_rn(y[e], g);
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        y[e] = __fmul_rn(x[e], k);
+        if (gain) y[e] = __fmul_rn(y[e], g);
+      }
+    }
+    store8<true>(out, int64_t(u) * hd + c, 8, y);
+  }
+}
+
+__device__ __forceinline__ float relu_square_one(float v, float slope) {
+  if (v < 0.0f) v = __fmul_rn(v, slope);
+  return __fmul_rn(v, v);
+}
+
+__global__ void relu_square_kernel(const bf16* __restrict__ h, bf16* __restrict__ out, int64_t numel, int64_t nvec,
+                                   float slope) {
+  const int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t v = i0; v < nvec; v += stride) {
+    float x[8];
+    load8<true>(h, v * 8, 8, x);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = relu_square_one(x[e], slope);
+    store8<true>(out, v * 8, 8, x);
+  }
+  for (int64_t i = nvec * 8 + i0; i < numel; i += stride) out[i] = __float2bfloat16_rn(relu_square_one(ld(h, i), slope));
 }
 
 // The logit a softcap sees: the head's output plus, when there is one, the
@@ -217,16 +490,16 @@ __global__ void softcap_nll_kernel(const bf16* __restrict__ logits, const bf16* 
 // casts between bf16 activations and float32 math), not inside the sums. ----
 
 __device__ __forceinline__ void st(bf16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ float round_to(const bf16*, float v) { return round_bf16(v); }
 __device__ __forceinline__ float round_to(const float*, float v) { return v; }
 
 // Gradient through n = round(rms(y) * factor) plus a residual gradient:
-// gt = round(g_res + round(d n / d y . g_n)). One warp per row. With c1 / c2
-// (per column) it also writes o1 = round(c1 gt), o2 = round(c2 gt): the
-// gradients of the inputs that made y (mix_norm: x, x0; add_norm: a).
-// g_res, g_n, gt, o1, o2 may be null (no such gradient / not wanted).
-template <class T>
+// gt = round(g_res + round(d n / d y . g_n)). One warp per row, the columns in
+// row_inv_rms's chunks (so k is the forward's, bit for bit). With c1 / c2 (per
+// column) it also writes o1 = round(c1 gt), o2 = round(c2 gt): the gradients
+// of the inputs that made y (mix_norm: x, x0; add_norm: a). g_res, g_n, gt,
+// o1, o2 may be null (no such gradient / not wanted).
+template <bool kVec, class T>
 __global__ void norm_bwd_kernel(const T* __restrict__ y, const bf16* __restrict__ g_res, const bf16* __restrict__ g_n,
                                 const float* __restrict__ c1, const float* __restrict__ c2, T* __restrict__ gt,
                                 bf16* __restrict__ o1, bf16* __restrict__ o2, int64_t rows, int d, float factor,
@@ -237,30 +510,66 @@ __global__ void norm_bwd_kernel(const T* __restrict__ y, const bf16* __restrict_
   const int64_t o = r * d;
   float ss = 0, dot = 0;
   if (g_n)
-    for (int i = lane; i < d; i += 32) {
-      const float v = ld(y, o + i);
-      ss = __fadd_rn(ss, __fmul_rn(v, v));  // as the forward sums, so k is the forward's
-      dot += __fmul_rn(ld(g_n, o + i), factor) * v;
+    for (int c = lane * 8; c < d; c += 256) {
+      const int n = chunk_len<kVec>(c, d);
+      float v[8], gv[8];
+      load8<kVec>(y, o + c, n, v);
+      load8<kVec>(g_n, o + c, n, gv);
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (e < n) {
+          ss = add_sq(ss, v[e]);  // as the forward sums, so k is the forward's
+          dot += __fmul_rn(gv[e], factor) * v[e];
+        }
     }
   ss = warp_sum(ss);
   dot = warp_sum(dot);
   const float k = g_n ? inv_rms(ss, d, eps) : 0.0f;
-  const float c = k * k * dot / float(d);
-  for (int i = lane; i < d; i += 32) {
-    float v = 0.0f;
-    if (g_n) v = round_to(y, k * (__fmul_rn(ld(g_n, o + i), factor) - ld(y, o + i) * c));
-    if (g_res) v = round_to(y, v + ld(g_res, o + i));
-    if (gt) st(gt, o + i, v);
-    if (o1) st(o1, o + i, c1[i] * v);
-    if (o2) st(o2, o + i, c2[i] * v);
+  const float cc = k * k * dot / float(d);
+  constexpr int kLen = kPassLen<kVec>;
+  for (int c = lane * kLen; c < d; c += kPassStep<kVec>) {
+    float w[8] = {};
+    if (g_n) {
+      float v[8], gv[8];
+      load8<kVec>(y, o + c, kLen, v);
+      load8<kVec>(g_n, o + c, kLen, gv);
+#pragma unroll
+      for (int e = 0; e < kLen; ++e) w[e] = round_to(y, k * (__fmul_rn(gv[e], factor) - v[e] * cc));
+    }
+    if (g_res) {
+      float gr[8];
+      load8<kVec>(g_res, o + c, kLen, gr);
+#pragma unroll
+      for (int e = 0; e < kLen; ++e) w[e] = round_to(y, w[e] + gr[e]);
+    }
+    if (gt) store8<kVec>(gt, o + c, kLen, w);
+    for (int j = 0; j < 2; ++j) {
+      const float* cj = j ? c2 : c1;
+      bf16* oj = j ? o2 : o1;
+      if (!oj) continue;
+      float s[8];
+      load8<kVec>(cj, c, kLen, s);
+#pragma unroll
+      for (int e = 0; e < kLen; ++e) s[e] = s[e] * w[e];
+      store8<kVec>(oj, o + c, kLen, s);
+    }
   }
 }
 
-// ga = round(scale[i % d] g): add_scaled's gradient for a.
+// ga = round(scale[i % d] g): add_scaled's gradient for a; vector path as
+// add_scaled_kernel's.
 __global__ void scale_cols_kernel(const bf16* __restrict__ g, const float* __restrict__ sc, bf16* __restrict__ out,
-                                  int64_t numel, int d) {
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < numel; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(sc[i % d] * ld(g, i));
+                                  int64_t numel, int d, int64_t nvec) {
+  const int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t v = i0; v < nvec; v += stride) {
+    float gv[8], s[8];
+    load8<true>(g, v * 8, 8, gv);
+    load8<true>(sc, (v * 8) % d, 8, s);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) gv[e] = s[e] * gv[e];
+    store8<true>(out, v * 8, 8, gv);
+  }
+  for (int64_t i = nvec * 8 + i0; i < numel; i += stride) out[i] = __float2bfloat16_rn(sc[i % d] * ld(g, i));
 }
 
 // partial[blk][c] = sum over the block's rows of a[r][c] b[r][c]: the
@@ -326,16 +635,28 @@ __global__ void qk_norm_rope_bwd_kernel(const bf16* __restrict__ q, const bf16* 
   }
 }
 
-// gh = round(2 g a (h > 0 ? 1 : slope)), a = leaky_relu(h, slope).
+// gh = round(2 g a (h > 0 ? 1 : slope)), a = leaky_relu(h, slope); vector
+// path as relu_square_kernel's.
+__device__ __forceinline__ float relu_square_grad(float v, float g, float slope) {
+  const float a = v < 0.0f ? __fmul_rn(v, slope) : v;
+  float r = 2.0f * (g * a);
+  if (!(v > 0.0f)) r *= slope;
+  return r;
+}
+
 __global__ void relu_square_bwd_kernel(const bf16* __restrict__ h, const bf16* __restrict__ g, bf16* __restrict__ gh,
-                                       int64_t numel, float slope) {
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < numel; i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = ld(h, i);
-    const float a = v < 0.0f ? __fmul_rn(v, slope) : v;
-    float r = 2.0f * (ld(g, i) * a);
-    if (!(v > 0.0f)) r *= slope;
-    gh[i] = __float2bfloat16_rn(r);
+                                       int64_t numel, int64_t nvec, float slope) {
+  const int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t v = i0; v < nvec; v += stride) {
+    float hv[8], gv[8];
+    load8<true>(h, v * 8, 8, hv);
+    load8<true>(g, v * 8, 8, gv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) hv[e] = relu_square_grad(hv[e], gv[e], slope);
+    store8<true>(gh, v * 8, 8, hv);
   }
+  for (int64_t i = nvec * 8 + i0; i < numel; i += stride)
+    gh[i] = __float2bfloat16_rn(relu_square_grad(ld(h, i), ld(g, i), slope));
 }
 
 // gl = round(g[r] (softmax(z) - onehot(target)) (1 - tanh(l / cap)^2)), one
@@ -364,6 +685,20 @@ bf16* bp_out(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr()); }
 
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
+// The vector path's condition: rows of whole 8-column chunks, every pointer
+// (null: absent) 16-byte aligned.
+bool vec_ok(int64_t d, std::initializer_list<const void*> ptrs) {
+  if (d % 8 != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// Elementwise kernels: chunks of 8 for the vector path (the tail after them
+// scalar), else 0; the grid for that much work.
+int64_t vec_chunks(bool vec, int64_t numel) { return vec ? numel / 8 : 0; }
+int elementwise_grid(int64_t numel, int64_t nvec) { return grid_for(std::max(nvec, numel - 8 * nvec), 256); }
+
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x_, double factor, double eps) {
@@ -374,13 +709,20 @@ at::Tensor rms_norm(const at::Tensor& x_, double factor, double eps) {
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   if (rows == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (x.scalar_type() == at::kFloat)
-    rms_norm_kernel<float><<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(
-        x.data_ptr<float>(), bp_out(out), rows, d, float(factor), float(eps), factor != 1.0);
-  else
-    rms_norm_kernel<bf16><<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(bp(x), bp_out(out), rows, d,
-                                                                                 float(factor), float(eps),
-                                                                                 factor != 1.0);
+  const bool vec = vec_ok(d, {x.data_ptr(), out.data_ptr()});
+  if (x.scalar_type() == at::kFloat) {
+    auto kernel = vec ? rms_norm_kernel<true, float> : rms_norm_kernel<false, float>;
+    kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(x.data_ptr<float>(), bp_out(out), rows, d,
+                                                                 float(factor), float(eps), factor != 1.0);
+  } else if (vec && d <= 256 * kRmsChunks) {
+    const int64_t per_block = int64_t(kWarpsPerBlock) * kRmsRows;
+    rms_norm_rows_kernel<<<int((rows + per_block - 1) / per_block), 32 * kWarpsPerBlock, 0, stream>>>(
+        bp(x), bp_out(out), rows, d, float(factor), float(eps), factor != 1.0);
+  } else {
+    auto kernel = vec ? rms_norm_kernel<true, bf16> : rms_norm_kernel<false, bf16>;
+    kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(bp(x), bp_out(out), rows, d, float(factor),
+                                                                 float(eps), factor != 1.0);
+  }
   check_launch();
   return out;
 }
@@ -393,7 +735,9 @@ std::pair<at::Tensor, at::Tensor> mix_norm(const at::Tensor& x_, const at::Tenso
   const int64_t rows = x.numel() / d;
   at::Tensor x_in = at::empty_like(x), n = at::empty_like(x);
   if (rows == 0) return {x_in, n};
-  mix_norm_kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+  const bool vec = vec_ok(d, {x.data_ptr(), x0.data_ptr(), m.data_ptr(), x_in.data_ptr(), n.data_ptr()});
+  auto kernel = vec ? mix_norm_kernel<true> : mix_norm_kernel<false>;
+  kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
       bp(x), bp(x0), m.data_ptr<float>(), bp_out(x_in), bp_out(n), rows, d, float(factor), float(eps),
       factor != 1.0);
   check_launch();
@@ -405,8 +749,11 @@ at::Tensor add_scaled(const at::Tensor& x_, const at::Tensor& a_, const at::Tens
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
-  add_scaled_kernel<<<grid_for(x.numel(), 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      bp(x), bp(a), sc.data_ptr<float>(), bp_out(y), x.numel(), int(x.size(-1)));
+  const int d = int(x.size(-1));
+  const int64_t nvec =
+      vec_chunks(vec_ok(d, {x.data_ptr(), a.data_ptr(), sc.data_ptr(), y.data_ptr()}), x.numel());
+  add_scaled_kernel<<<elementwise_grid(x.numel(), nvec), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      bp(x), bp(a), sc.data_ptr<float>(), bp_out(y), x.numel(), d, nvec);
   check_launch();
   return y;
 }
@@ -419,7 +766,9 @@ std::pair<at::Tensor, at::Tensor> add_norm(const at::Tensor& x_, const at::Tenso
   const int64_t rows = x.numel() / d;
   at::Tensor y = at::empty_like(x), n = at::empty_like(x);
   if (rows == 0) return {y, n};
-  add_norm_kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+  const bool vec = vec_ok(d, {x.data_ptr(), a.data_ptr(), sc.data_ptr(), y.data_ptr(), n.data_ptr()});
+  auto kernel = vec ? add_norm_kernel<true> : add_norm_kernel<false>;
+  kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
       bp(x), bp(a), sc.data_ptr<float>(), bp_out(y), bp_out(n), rows, d, float(factor), float(eps), factor != 1.0);
   check_launch();
   return {y, n};
@@ -432,9 +781,21 @@ at::Tensor qk_norm_rope(const at::Tensor& q, int64_t heads, const at::Tensor& co
   at::Tensor out = at::empty({B, T, heads, hd}, q.options());
   const int64_t units = B * T * heads;
   if (units == 0) return out;
-  qk_norm_rope_kernel<<<row_blocks(units), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-      bp(q), cos.data_ptr<float>(), sin.data_ptr<float>(), gain.defined() ? gain.data_ptr<float>() : nullptr,
-      bp_out(out), units, T, int(heads), int(hd), int(half), float(eps));
+  const float* g = gain.defined() ? gain.data_ptr<float>() : nullptr;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  int lanes = 1;  // per unit in the vector path: 2^m >= hd / 8
+  while (lanes * 8 < hd) lanes *= 2;
+  if (hd <= 256 && half % 8 == 0 && 2 * half <= hd && units * lanes < (int64_t(1) << 31) &&
+      vec_ok(hd, {q.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr()})) {
+    const int64_t per_block = int64_t(kQkThreads / lanes) * kQkSteps;  // units
+    qk_norm_rope_vec_kernel<<<int((units + per_block - 1) / per_block), kQkThreads, 0, stream>>>(
+        bp(q), cos.data_ptr<float>(), sin.data_ptr<float>(), g, bp_out(out), unsigned(units), unsigned(T),
+        unsigned(heads), int(hd), int(half), lanes, float(eps));
+  } else {
+    qk_norm_rope_kernel<<<row_blocks(units), 32 * kWarpsPerBlock, 0, stream>>>(
+        bp(q), cos.data_ptr<float>(), sin.data_ptr<float>(), g, bp_out(out), units, T, int(heads), int(hd),
+        int(half), float(eps));
+  }
   check_launch();
   return out;
 }
@@ -444,8 +805,9 @@ at::Tensor relu_square(const at::Tensor& h_, double slope) {
   const c10::cuda::CUDAGuard guard(h.device());
   at::Tensor out = at::empty_like(h);
   if (h.numel() == 0) return out;
-  relu_square_kernel<<<grid_for(h.numel(), 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      bp(h), bp_out(out), h.numel(), float(slope));
+  const int64_t nvec = vec_chunks(vec_ok(0, {h.data_ptr(), out.data_ptr()}), h.numel());
+  relu_square_kernel<<<elementwise_grid(h.numel(), nvec), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      bp(h), bp_out(out), h.numel(), nvec, float(slope));
   check_launch();
   return out;
 }
@@ -472,6 +834,7 @@ namespace {
 
 const bf16* bp_or_null(const at::Tensor& t) { return t.defined() ? bp(t) : nullptr; }
 const float* fp_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 }  // namespace
 
@@ -482,13 +845,18 @@ at::Tensor rms_norm_backward(const at::Tensor& x, const at::Tensor& g, double fa
   at::Tensor gx = at::empty_like(x);
   if (rows == 0) return gx;
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (x.scalar_type() == at::kFloat)
-    norm_bwd_kernel<float><<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(
-        x.data_ptr<float>(), nullptr, bp(g), nullptr, nullptr, gx.data_ptr<float>(), nullptr, nullptr, rows, d,
-        float(factor), float(eps));
-  else
-    norm_bwd_kernel<bf16><<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(
-        bp(x), nullptr, bp(g), nullptr, nullptr, bp_out(gx), nullptr, nullptr, rows, d, float(factor), float(eps));
+  const bool vec = vec_ok(d, {x.data_ptr(), g.data_ptr(), gx.data_ptr()});
+  if (x.scalar_type() == at::kFloat) {
+    auto kernel = vec ? norm_bwd_kernel<true, float> : norm_bwd_kernel<false, float>;
+    kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(x.data_ptr<float>(), nullptr, bp(g), nullptr,
+                                                                 nullptr, gx.data_ptr<float>(), nullptr, nullptr,
+                                                                 rows, d, float(factor), float(eps));
+  } else {
+    auto kernel = vec ? norm_bwd_kernel<true, bf16> : norm_bwd_kernel<false, bf16>;
+    kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, stream>>>(bp(x), nullptr, bp(g), nullptr, nullptr, bp_out(gx),
+                                                                 nullptr, nullptr, rows, d, float(factor),
+                                                                 float(eps));
+  }
   check_launch();
   return gx;
 }
@@ -504,7 +872,10 @@ NormGrads residual_norm_backward(const at::Tensor& y, const at::Tensor& g_res, c
   if (c1.defined()) r.o1 = at::empty_like(y);
   if (c2.defined()) r.o2 = at::empty_like(y);
   if (rows == 0) return r;
-  norm_bwd_kernel<bf16><<<row_blocks(rows), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+  const bool vec = vec_ok(d, {ptr_or_null(y), ptr_or_null(g_res), ptr_or_null(g_n), ptr_or_null(c1), ptr_or_null(c2),
+                              ptr_or_null(r.gt), ptr_or_null(r.o1), ptr_or_null(r.o2)});
+  auto kernel = vec ? norm_bwd_kernel<true, bf16> : norm_bwd_kernel<false, bf16>;
+  kernel<<<row_blocks(rows), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
       bp(y), bp_or_null(g_res), bp_or_null(g_n), fp_or_null(c1), fp_or_null(c2),
       want_gt ? bp_out(r.gt) : nullptr, c1.defined() ? bp_out(r.o1) : nullptr, c2.defined() ? bp_out(r.o2) : nullptr,
       rows, d, float(factor), float(eps));
@@ -516,8 +887,10 @@ at::Tensor scale_cols(const at::Tensor& g, const at::Tensor& scale) {
   const c10::cuda::CUDAGuard guard(g.device());
   at::Tensor out = at::empty_like(g);
   if (g.numel() == 0) return out;
-  scale_cols_kernel<<<grid_for(g.numel(), 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      bp(g), scale.data_ptr<float>(), bp_out(out), g.numel(), int(g.size(-1)));
+  const int d = int(g.size(-1));
+  const int64_t nvec = vec_chunks(vec_ok(d, {g.data_ptr(), scale.data_ptr(), out.data_ptr()}), g.numel());
+  scale_cols_kernel<<<elementwise_grid(g.numel(), nvec), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      bp(g), scale.data_ptr<float>(), bp_out(out), g.numel(), d, nvec);
   check_launch();
   return out;
 }
@@ -558,8 +931,9 @@ at::Tensor relu_square_backward(const at::Tensor& h, const at::Tensor& g, double
   const c10::cuda::CUDAGuard guard(h.device());
   at::Tensor gh = at::empty_like(h);
   if (h.numel() == 0) return gh;
-  relu_square_bwd_kernel<<<grid_for(h.numel(), 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      bp(h), bp(g), bp_out(gh), h.numel(), float(slope));
+  const int64_t nvec = vec_chunks(vec_ok(0, {h.data_ptr(), g.data_ptr(), gh.data_ptr()}), h.numel());
+  relu_square_bwd_kernel<<<elementwise_grid(h.numel(), nvec), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      bp(h), bp(g), bp_out(gh), h.numel(), nvec, float(slope));
   check_launch();
   return gh;
 }
