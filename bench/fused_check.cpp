@@ -14,6 +14,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -153,6 +154,49 @@ void report_grad(const char* name, double bytes, const Inputs& in, const std::ve
 }
 
 }  // namespace
+
+// Causal attention backends on the eval shape (q [B, T, H, hd], k/v with KV
+// heads): flash (what forward_nll runs) and cuDNN (k/v expanded to H heads),
+// each against float64 attention on the CPU over the first two rows; time per
+// call and FLOP/s (causal: half of 4 B H T^2 hd).
+void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
+  const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor q = at::randn({B, T, H, hd}, bf), k = at::randn({B, T, KV, hd}, bf), v = at::randn({B, T, KV, hd}, bf);
+  // float64 reference on rows 0..1
+  auto expand = [&](const at::Tensor& t) { return t.repeat_interleave(H / KV, 2); };
+  const at::Tensor qr = q.narrow(0, 0, 2).transpose(1, 2).cpu().to(at::kDouble);
+  const at::Tensor kr = expand(k.narrow(0, 0, 2)).transpose(1, 2).cpu().to(at::kDouble);
+  const at::Tensor vr = expand(v.narrow(0, 0, 2)).transpose(1, 2).cpu().to(at::kDouble);
+  at::Tensor sc = at::matmul(qr, kr.transpose(-1, -2)) / std::sqrt(double(hd));
+  sc.masked_fill_(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
+  const at::Tensor ref = at::matmul(at::softmax(sc, -1), vr).transpose(1, 2);  // [2, T, H, hd]
+  const double flops = 2.0 * B * H * T * T * hd;  // causal half of 4 B H T^2 hd
+  std::printf("\nattention, causal: B %ld T %ld H %ld KV %ld hd %ld\n", long(B), long(T), long(H), long(KV), long(hd));
+  std::printf("%-26s %10s %9s %9s\n", "backend", "max err", "ms", "TFLOP/s");
+  auto row = [&](const char* name, const std::function<at::Tensor()>& f) {
+    at::Tensor out;
+    try {
+      out = f();
+    } catch (const std::exception& e) {
+      std::printf("%-26s failed: %.200s\n", name, e.what());
+      return;
+    }
+    const double err = (out.narrow(0, 0, 2).cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    const double ms = time_ms([&] { f(); });
+    std::printf("%-26s %10.3g %9.3f %9.1f\n", name, err, ms, flops / ms / 1e9);
+  };
+  row("flash (GQA, [B,T,H,hd])", [&] { return compat::dense_flash_attention(q, k, v, -1); });
+  if (compat::has_cudnn_attention) {
+    const at::Tensor qh = q.transpose(1, 2), kh = expand(k).transpose(1, 2), vh = expand(v).transpose(1, 2);
+    row("cudnn (k/v expanded)", [&] { return compat::cudnn_causal_attention(qh, kh, vh).transpose(1, 2); });
+    row("cudnn (GQA: KV heads)", [&] {
+      return compat::cudnn_causal_attention(qh, k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
+    });
+    row("cudnn + the expansion", [&] {
+      return compat::cudnn_causal_attention(qh, expand(k).transpose(1, 2), expand(v).transpose(1, 2)).transpose(1, 2);
+    });
+  }
+}
 
 int main(int argc, char** argv) {
   const int64_t N = argc > 1 ? std::atoll(argv[1]) : 65536, d = 512, H = 8, KV = 4, hd = 64, F = 1024, V = 8192;
@@ -330,6 +374,6 @@ int main(int argc, char** argv) {
       return Outs{fused::qk_norm_rope(t.at("q"), H, t.at("cos"), t.at("sin"), t.at("gain"), eps, m)};
     });
   }
-  (void)KV;
+  attention_check(B, T, H, KV, hd);
   return 0;
 }

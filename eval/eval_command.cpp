@@ -158,7 +158,9 @@ void run_eval(const EvalArgs& a) {
                         {"seq_len", o.seq_len}, {"stride", o.stride},           {"doc_mask", o.doc_mask},
                         {"device", cuda ? rt.device_name : "cpu"}, {"precision", prec}, {"ranks", rk.world},
                         {"targets_per_second", double(r.targets) / std::max(eval_s, 1e-9)},
-                        {"graph_replays", r.graph_replays}};
+                        {"graph_replays", r.graph_replays},
+                        {"host_seconds", {{"prepare", r.host_prepare}, {"forward", r.host_forward},
+                                          {"read_back", r.host_read_back}}}};
     std::printf("%s\n", j.dump().c_str());
   }
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <chrono>
 #include <deque>
 
 #include "data/byte_counter.h"
@@ -13,6 +14,7 @@
 #include "eval/stream_plan.h"
 #include "model/distributed.h"
 #include "model/forward_graph.h"
+#include "model/host_copy.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -106,6 +108,17 @@ WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, cons
 
 namespace {
 
+// Seconds between laps on the host.
+struct HostClock {
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  double lap() {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - t).count();
+    t = now;
+    return s;
+  }
+};
+
 void check_byte_tables(const GptWeights& w, const ByteCounter& bc) {
   if (bc.size() < size_t(w.config.vocab_size))
     throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
@@ -137,13 +150,13 @@ EvalResult evaluate_streaming(const GptWeights& w, const std::vector<uint16_t>& 
   kv.keep = int64_t(o.seq_len) - 1;
   struct Pending {
     uint64_t offset;  // segment offset of column 0
-    at::Tensor nll;   // [B, width]
+    HostCopy nll;     // [B, width]
   };
   std::deque<Pending> pending;
   auto read_back = [&](size_t keep) {
     for (; pending.size() > keep; pending.pop_front()) {
-      const Pending& p = pending.front();
-      const at::Tensor nll = p.nll.to(at::kCPU).to(at::kDouble);
+      Pending& p = pending.front();
+      const at::Tensor nll = p.nll.wait().to(at::kDouble);
       auto pn = nll.accessor<double, 2>();
       for (int64_t b = 0; b < B; ++b) {
         const StreamSegment& sg = plan.segments[first + size_t(b)];
@@ -189,7 +202,7 @@ EvalResult evaluate_streaming(const GptWeights& w, const std::vector<uint16_t>& 
     fo.kv = &kv;
     fo.score_mask = to_device(mask, device);
     fo.positions = find_score_positions(mask, device, /*slots=*/false);
-    pending.push_back({offset, forward_nll(w, to_device(in, device), to_device(tg, device), fo)});
+    pending.push_back({offset, HostCopy(forward_nll(w, to_device(in, device), to_device(tg, device), fo))});
     read_back(2);
   }
   read_back(0);
@@ -226,15 +239,15 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   // next batches while the GPU runs these, and reads each one back in order.
   struct Pending {
     size_t b0, nb;
-    at::Tensor nll;  // [nb, L]
+    HostCopy nll;  // [nb, L]
   };
   std::deque<Pending> pending;
   const CastWeights cast = cast_matrix_weights(w, o.precision);  // once, not per batch
   ForwardGraph graph(w, o.cuda_graphs);
   auto read_back = [&](size_t keep) {
     for (; pending.size() > keep; pending.pop_front()) {
-      const Pending& p = pending.front();
-      const at::Tensor nll = p.nll.to(at::kCPU).to(at::kDouble);
+      Pending& p = pending.front();
+      const at::Tensor nll = p.nll.wait().to(at::kDouble);
       auto pn = nll.accessor<double, 2>();
       for (size_t k = 0; k < p.nb; ++k) {
         const Window& win = plan.windows[p.b0 + k];
@@ -254,6 +267,7 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
       if (o.progress) o.progress(r.targets, to_score);
     }
   };
+  HostClock clock;
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
     const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);
@@ -261,10 +275,14 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
     fo.precision = o.precision;
     fo.cast = &cast;
     if (o.doc_mask) fo.segment_ids = to_device((wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1), device);
-    pending.push_back({b0, nb, graph.run(wb.inputs, wb.targets, wb.mask, fo)});
+    r.host_prepare += clock.lap();
+    pending.push_back({b0, nb, HostCopy(graph.run(wb.inputs, wb.targets, wb.mask, fo))});
+    r.host_forward += clock.lap();
     read_back(2);
+    r.host_read_back += clock.lap();
   }
   read_back(0);
+  r.host_read_back += clock.lap();
   r.graph_replays = uint64_t(graph.replays());
   return r;
 }

@@ -55,6 +55,9 @@ struct EvalResult {
   uint64_t windows = 0;     // windows this rank ran
   uint64_t tokens_in = 0;   // input tokens fed to the model
   uint64_t graph_replays = 0;  // batches replayed from a CUDA graph
+  // Host seconds building batches, queueing forwards, and reading scores back
+  // (waiting for the GPU shows up there). This rank's, not reduced.
+  double host_prepare = 0, host_forward = 0, host_read_back = 0;
   // By document index (a target belongs to the document of the token before
   // it); targets whose context starts before the first BOS go to the last entry.
   std::vector<DocumentTotals> docs;

@@ -108,6 +108,24 @@ inline at::Tensor varlen_flash_attention(const at::Tensor&, const at::Tensor&, c
 }
 #endif
 
+// cuDNN's fused attention (Hopper wgmma kernels), dense and causal with equal
+// query and key lengths: q, k, v [B, H, T, hd] (k/v expanded to H heads),
+// bf16 on CUDA -> [B, H, T, hd]. From 2.5 on; bench/fused_check times it
+// against flash.
+#if PGOLF_TORCH_AT_LEAST(2, 5)
+constexpr bool has_cudnn_attention = true;
+inline at::Tensor cudnn_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  auto out = at::_scaled_dot_product_cudnn_attention(q, k, v, /*attn_bias=*/std::nullopt, /*compute_log_sumexp=*/false,
+                                                     /*dropout_p=*/0.0, /*is_causal=*/true);
+  return std::get<0>(out);
+}
+#else
+constexpr bool has_cudnn_attention = false;
+inline at::Tensor cudnn_causal_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  throw std::runtime_error("cuDNN attention needs libtorch >= 2.5");
+}
+#endif
+
 // A Kineto trace of everything between start and stop (CUDA builds of
 // libtorch >= 2.0, which ship Kineto), saved as Chrome-trace JSON. Only the
 // file that defines PGOLF_COMPAT_PROFILER pulls in the profiler headers.

@@ -3,6 +3,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <deque>
 #include <limits>
@@ -11,6 +12,7 @@
 #include "data/byte_counter.h"
 #include "data/error.h"
 #include "model/distributed.h"
+#include "model/host_copy.h"
 #include "model/pch.h"
 #include "ttt/adam.h"
 #include "ttt/lora_adapters.h"
@@ -269,21 +271,29 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   struct Pending {
     TttStep st;
     std::vector<int64_t> active;
-    at::Tensor nll, base;  // [active rows, width]; base undefined without it
+    HostCopy nll, base;  // [active rows, width]; base undefined without it or when it is nll
+    bool base_is_nll = false;
   };
   std::deque<Pending> pending;
   auto read_back = [&](size_t keep) {
     for (; pending.size() > keep; pending.pop_front()) {
-      const Pending& p = pending.front();
-      const at::Tensor got = p.nll.to(at::kCPU).to(at::kDouble);
-      const at::Tensor base = !p.base.defined() ? at::Tensor()
-                              : p.base.is_same(p.nll) ? got : p.base.to(at::kCPU).to(at::kDouble);
+      Pending& p = pending.front();
+      const at::Tensor got = p.nll.wait().to(at::kDouble);
+      const at::Tensor base = p.base.defined() ? p.base.wait().to(at::kDouble) : p.base_is_nll ? got : at::Tensor();
       accumulate(r, p.st, p.active, tokens, bc, got, base);
       if (o.progress) o.progress(r.targets, to_score);
     }
   };
 
+  using clock = std::chrono::steady_clock;
+  auto since = [](clock::time_point& t) {  // seconds since t; t moves to now
+    const clock::time_point now = clock::now();
+    const double s = std::chrono::duration<double>(now - t).count();
+    t = now;
+    return s;
+  };
   for (const TttBatch& batch : plan.batches) {
+    clock::time_point t = clock::now();
     const int64_t B = int64_t(batch.docs.size());
     if (!adapters || adapters->rows() != B)
       adapters = std::make_unique<BatchAdapters>(sites, B, o.lora_rank, param_type, device);
@@ -304,6 +314,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       fo.positions = find_score_positions(cpu.mask, device);
       LoraSet lora = adapters->views(active);
       fo.lora = &lora;
+      r.host_prepare += since(t);
       at::Tensor nll;  // [active rows, width]: NLL at the scored positions, 0 elsewhere
       {
         c10::AutoGradMode grad(st.update);  // the graph is kept only when a step follows
@@ -311,17 +322,18 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       }
       // Score first: these values are final before the adapters move (the
       // update below runs after them on the GPU's stream); read back later.
-      Pending p{st, active, nll.detach(), at::Tensor()};
+      Pending p{st, active, HostCopy(nll.detach()), HostCopy()};
       if (o.base && s == 0) {
-        p.base = p.nll;  // fresh adapters (B = 0) add exactly zero
+        p.base_is_nll = true;  // fresh adapters (B = 0) add exactly zero
       } else if (o.base) {
         // Same grad mode as the TTT forward (nothing requires grad here).
         c10::AutoGradMode grad(st.update);
         ForwardOptions plain = fo;
         plain.lora = nullptr;
-        p.base = forward_nll(w, inputs, targets, plain);
+        p.base = HostCopy(forward_nll(w, inputs, targets, plain));
       }
       pending.push_back(std::move(p));
+      r.host_forward += since(t);
       ++r.steps;
       r.tokens_in += active.size() * st.width;
       if (st.update) {
@@ -337,13 +349,16 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
           }
           train_loss(nll, train_rows, st, o.chunk).backward();
           nll = at::Tensor();  // frees the graph's activations before the update
+          r.host_backward += since(t);
           at::Tensor& prm = adapters->params();
           adam.step(prm, prm.grad());
           prm.mutable_grad().reset();
+          r.host_update += since(t);
           ++r.updates;
         }
       }
       read_back(4);
+      r.host_read_back += since(t);
     }
   }
   read_back(0);

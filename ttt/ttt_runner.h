@@ -78,6 +78,11 @@ struct TttResult {
   bool has_base = false;
   uint64_t num_docs = 0, batches = 0, steps = 0, updates = 0, tokens_in = 0;
   uint64_t used_tokens = 0;  // stream length after the trim and the document prefix
+  // Host seconds spent in each phase of the step loop (where a run's time
+  // goes: the GPU runs behind the host, so a phase that waits on it shows
+  // here too): building step inputs, forwards (TTT and base), backward,
+  // optimizer, reading scores back.
+  double host_prepare = 0, host_forward = 0, host_backward = 0, host_update = 0, host_read_back = 0;
   // Per document (TttPlan::docs index; the dump hook's per-document arrays).
   std::vector<DocumentTotals> docs, base_docs;
   std::vector<TttChunkTotals> chunks;
