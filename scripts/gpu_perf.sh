@@ -21,6 +21,7 @@ P="$B/pgolf"
 "$B/tests/pgolf_gpu_tests" --gtest_filter='Cuda.Streaming*:Cuda.Trimmed*:Cuda.EvalCuda*' 2>&1 | grep -E "streaming bpb|OK \]|FAILED|Failure" -A2 || true
 VAL="$C/shared/data/corpus/fineweb_val_000000.bin"; TOK="$C/shared/data/fineweb_8192_bpe.model"
 "$B/pgolf_fused_check" >"$O/fused_check.txt" 2>&1 || echo "pgolf_fused_check failed"
+"$P" env --bench --json >"$O/env.json" 2>/dev/null || true
 "$P" init --set vocab_size=8192 --out /tmp/base8192.h5 >/dev/null
 MODEL=/tmp/base8192.h5
 [ -f "$C/models/base_gptq.pgz" ] && MODEL="$C/models/base_gptq.pgz"
@@ -69,6 +70,7 @@ grep -E "^(1|10|20|30|40)/" "$O/train.log" || tail -4 "$O/train.log"
 echo "| run | numbers |"
 echo "|---|---|"
 echo "| model | $MODEL |"
+echo "| env | $(cat "$O/env.json" 2>/dev/null) |"
 echo "| train | $(j "$O/train.json" steps seconds last_train_loss val_bpb) |"
 echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targets_per_second steps host_seconds) |"
 echo "| ttt lora-0317 --no-base | $(j "$O/ttt_nobase.json" bpb seconds ttt_seconds targets_per_second host_seconds) |"
