@@ -118,6 +118,7 @@ void run_eval(const EvalArgs& a) {
   };
   if (!a.compare_to.empty()) {
     if (rk.multi()) throw Error("--compare-to runs on one rank: launch it without torchrun");
+    if (o.plan == PlanKind::Streaming) throw Error("--compare-to runs on window plans, not --plan streaming");
     ModelSource ref = a.model;  // --config, --config-from-log and --set apply to both
     ref.path = a.compare_to;
     run_model_comparison({a.model.path, a.compare_to, a.tokenizer, a.per_class, a.json, a.quiet}, w, ref, tok, stream,

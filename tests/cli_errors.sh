@@ -101,6 +101,16 @@ expect_error compare-per-class-config "$T/small8k2.h5: config differs from $T/sm
 expect_error per-class-alone "--per-class needs --compare-to" -- \
   "$PGOLF" eval --model "$T/small8k.h5" --val "$T/ok.bin" --tokenizer "$TOK" --per-class
 
+# pgolf eval --plan: names, and what the streaming plan does not take.
+expect_error eval-plan-unknown "--plan must be current, legacy or streaming, got 'x'" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu --stride 4 --plan x
+expect_error eval-streaming-doc-mask "--doc-mask does not apply to --plan streaming" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu --plan streaming --doc-mask
+expect_error eval-streaming-chunk "--stride (the streaming chunk) must be in [1, L=1024]" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu --plan streaming --stride 5000
+expect_error compare-streaming "--compare-to runs on window plans, not --plan streaming" -- \
+  "$PGOLF" eval --model "$T/small8k.h5" --compare-to "$T/small8k2.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu --plan streaming
+
 # pgolf report: a file that is not an HDF5 eval dump.
 expect_error report-not-hdf5 "$T/ok.bin: not an HDF5 file" -- "$PGOLF" report "$T/ok.bin" --out "$T/fig"
 
