@@ -4,12 +4,12 @@
 
 #include <cmath>
 #include <algorithm>
-#include <chrono>
 #include <deque>
 
 #include "data/byte_counter.h"
 #include "data/document_index.h"
 #include "data/error.h"
+#include "data/lap_timer.h"
 #include "data/token_stream.h"
 #include "eval/stream_plan.h"
 #include "model/distributed.h"
@@ -108,17 +108,6 @@ WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, cons
 
 namespace {
 
-// Seconds between laps on the host.
-struct HostClock {
-  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
-  double lap() {
-    const auto now = std::chrono::steady_clock::now();
-    const double s = std::chrono::duration<double>(now - t).count();
-    t = now;
-    return s;
-  }
-};
-
 void check_byte_tables(const GptWeights& w, const ByteCounter& bc) {
   if (bc.size() < size_t(w.config.vocab_size))
     throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
@@ -174,6 +163,7 @@ EvalResult evaluate_streaming(const GptWeights& w, const std::vector<uint16_t>& 
       if (o.progress) o.progress(r.targets, to_score);
     }
   };
+  LapTimer clock;
   for (uint64_t s = 0; s < steps && B > 0; ++s) {
     const uint64_t offset = s * chunk;
     uint64_t width = 0;
@@ -202,10 +192,14 @@ EvalResult evaluate_streaming(const GptWeights& w, const std::vector<uint16_t>& 
     fo.kv = &kv;
     fo.score_mask = to_device(mask, device);
     fo.positions = find_score_positions(mask, device, /*slots=*/false);
+    r.host_prepare += clock.lap();
     pending.push_back({offset, HostCopy(forward_nll(w, to_device(in, device), to_device(tg, device), fo))});
+    r.host_forward += clock.lap();
     read_back(2);
+    r.host_read_back += clock.lap();
   }
   read_back(0);
+  r.host_read_back += clock.lap();
   r.windows = uint64_t(B);  // one stream per segment
   // Plan order is target order: ranks hold contiguous segments.
   if (o.capture_targets)
@@ -267,7 +261,7 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
       if (o.progress) o.progress(r.targets, to_score);
     }
   };
-  HostClock clock;
+  LapTimer clock;
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
     const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);

@@ -3,7 +3,6 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <deque>
 #include <limits>
@@ -11,6 +10,7 @@
 
 #include "data/byte_counter.h"
 #include "data/error.h"
+#include "data/lap_timer.h"
 #include "model/distributed.h"
 #include "model/host_copy.h"
 #include "model/pch.h"
@@ -285,15 +285,8 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     }
   };
 
-  using clock = std::chrono::steady_clock;
-  auto since = [](clock::time_point& t) {  // seconds since t; t moves to now
-    const clock::time_point now = clock::now();
-    const double s = std::chrono::duration<double>(now - t).count();
-    t = now;
-    return s;
-  };
   for (const TttBatch& batch : plan.batches) {
-    clock::time_point t = clock::now();
+    LapTimer t;
     const int64_t B = int64_t(batch.docs.size());
     if (!adapters || adapters->rows() != B)
       adapters = std::make_unique<BatchAdapters>(sites, B, o.lora_rank, param_type, device);
@@ -314,7 +307,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       fo.positions = find_score_positions(cpu.mask, device);
       LoraSet lora = adapters->views(active);
       fo.lora = &lora;
-      r.host_prepare += since(t);
+      r.host_prepare += t.lap();
       at::Tensor nll;  // [active rows, width]: NLL at the scored positions, 0 elsewhere
       {
         c10::AutoGradMode grad(st.update);  // the graph is kept only when a step follows
@@ -333,7 +326,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
         p.base = HostCopy(forward_nll(w, inputs, targets, plain));
       }
       pending.push_back(std::move(p));
-      r.host_forward += since(t);
+      r.host_forward += t.lap();
       ++r.steps;
       r.tokens_in += active.size() * st.width;
       if (st.update) {
@@ -349,16 +342,16 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
           }
           train_loss(nll, train_rows, st, o.chunk).backward();
           nll = at::Tensor();  // frees the graph's activations before the update
-          r.host_backward += since(t);
+          r.host_backward += t.lap();
           at::Tensor& prm = adapters->params();
           adam.step(prm, prm.grad());
           prm.mutable_grad().reset();
-          r.host_update += since(t);
+          r.host_update += t.lap();
           ++r.updates;
         }
       }
       read_back(4);
-      r.host_read_back += since(t);
+      r.host_read_back += t.lap();
     }
   }
   read_back(0);
