@@ -108,6 +108,17 @@ WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, cons
 
 namespace {
 
+// One scoring of target t (predicts tok[t + 1] after tok[t]) with NLL v. A
+// target belongs to the document its context ends in: the BOS that starts the
+// next document is the last target of the previous one.
+void add_scoring(EvalResult& r, bool capture, const std::vector<uint16_t>& tok, const ByteCounter& bc,
+                 const DocumentIndex& docs, uint64_t t, double v) {
+  const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
+  const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
+  if (capture) r.scored.push_back({t, v, nbytes, uint32_t(di)});
+  r.count(v, nbytes, di);
+}
+
 void check_byte_tables(const GptWeights& w, const ByteCounter& bc) {
   if (bc.size() < size_t(w.config.vocab_size))
     throw Error("eval: the byte tables cover " + std::to_string(bc.size()) + " ids, the model has " +
@@ -153,11 +164,7 @@ EvalResult evaluate_streaming(const GptWeights& w, const std::vector<uint16_t>& 
           const uint64_t t = sg.feed_from + p.offset + uint64_t(j);
           if (t >= sg.end) break;
           if (t < sg.score_from) continue;
-          const double v = pn[b][j];
-          const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
-          const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
-          if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
-          r.count(v, nbytes, di);
+          add_scoring(r, o.capture_targets, tok, bc, docs, t, pn[b][j]);
         }
       }
       if (o.progress) o.progress(r.targets, to_score);
@@ -247,13 +254,7 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
         const Window& win = plan.windows[p.b0 + k];
         for (uint32_t j = win.score_from; j < win.len; ++j) {
           const uint64_t t = win.start + j;  // target index: predicts tok[t + 1] after tok[t]
-          const double v = pn[int64_t(k)][j];
-          const uint32_t nbytes = bc.bytes(tok[t], tok[t + 1]);
-          // A target belongs to the document its context ends in: the BOS that
-          // starts the next document is the last target of the previous one.
-          const size_t d = docs.doc_at(t), di = d == SIZE_MAX ? docs.size() : d;
-          if (o.capture_targets) r.scored.push_back({t, v, nbytes, uint32_t(di)});
-          r.count(v, nbytes, di);
+          add_scoring(r, o.capture_targets, tok, bc, docs, t, pn[int64_t(k)][j]);
         }
         r.tokens_in += win.len;
       }

@@ -31,22 +31,20 @@ ForwardGraph::~ForwardGraph() = default;
 at::Tensor ForwardGraph::run(const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& mask,
                              ForwardOptions fo) {
   const at::Device device = w_.get("tok_emb.weight").device();
+  auto plain = [&] {
+    fo.score_mask = to_device(mask, device);
+    fo.positions = find_score_positions(mask, device, /*slots=*/false);
+    return forward_nll(w_, to_device(inputs, device), to_device(targets, device), fo);
+  };
   const bool graphable = enabled_ && device.is_cuda() && !fo.segment_ids.defined() && !fo.lora &&
                          !fo.linear_input_tap && !c10::GradMode::is_enabled();
-  if (!graphable) {
-    fo.score_mask = to_device(mask, device);
-    fo.positions = find_score_positions(mask, device, /*slots=*/false);
-    return forward_nll(w_, to_device(inputs, device), to_device(targets, device), fo);
-  }
+  if (!graphable) return plain();
 #if PGOLF_WITH_CUDA
-  const bool repeat = last_mask_.defined() && last_mask_.sizes() == mask.sizes() && last_mask_.equal(mask);
+  auto same = [&](const at::Tensor& m) { return m.defined() && m.sizes() == mask.sizes() && m.equal(mask); };
+  const bool repeat = same(last_mask_);
   last_mask_ = mask;
-  const bool matches = graph_ && graph_->mask.sizes() == mask.sizes() && graph_->mask.equal(mask);
-  if (!matches && !repeat) {
-    fo.score_mask = to_device(mask, device);
-    fo.positions = find_score_positions(mask, device, /*slots=*/false);
-    return forward_nll(w_, to_device(inputs, device), to_device(targets, device), fo);
-  }
+  const bool matches = graph_ && same(graph_->mask);
+  if (!matches && !repeat) return plain();
   if (!matches) {
     // Capture on a side stream (graphs cannot capture the legacy default
     // stream), after one plain forward there: its cuBLAS workspace and

@@ -147,6 +147,25 @@ constexpr int kWarpsPerBlock = 4;
 int row_blocks(int64_t rows) { return int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 
 // out[r] = bf16((x[r] * inv_rms) * factor)
+// The norm's output pass: n = bf16((v * k) * factor) for the row's values v.
+// mix_norm / add_norm read v back from the bf16 row the warp has just written
+// (the scalar path reads other lanes' columns: __syncwarp orders those writes).
+template <bool kVec, class T>
+__device__ __forceinline__ void norm_row_out(const T* v_row, bf16* n_row, int d, int lane, float k, float factor,
+                                             bool scale) {
+  if (!kVec) __syncwarp();
+  for (int c = lane * kPassLen<kVec>; c < d; c += kPassStep<kVec>) {
+    float v[8];
+    load8<kVec>(v_row, c, kPassLen<kVec>, v);
+#pragma unroll
+    for (int e = 0; e < kPassLen<kVec>; ++e) {
+      v[e] = __fmul_rn(v[e], k);
+      if (scale) v[e] = __fmul_rn(v[e], factor);
+    }
+    store8<kVec>(n_row, c, kPassLen<kVec>, v);
+  }
+}
+
 template <bool kVec, class T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, bf16* __restrict__ out, int64_t rows, int d, float factor,
                                 float eps, bool scale) {
@@ -154,17 +173,7 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, bf16* __restrict__ out,
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   const T* xr = x + r * d;
-  const float k = row_inv_rms<kVec>(xr, d, eps, lane);
-  for (int c = lane * kPassLen<kVec>; c < d; c += kPassStep<kVec>) {
-    float v[8];
-    load8<kVec>(xr, c, kPassLen<kVec>, v);
-#pragma unroll
-    for (int e = 0; e < kPassLen<kVec>; ++e) {
-      v[e] = __fmul_rn(v[e], k);
-      if (scale) v[e] = __fmul_rn(v[e], factor);
-    }
-    store8<kVec>(out, r * d + c, kPassLen<kVec>, v);
-  }
+  norm_row_out<kVec>(xr, out + r * d, d, lane, row_inv_rms<kVec>(xr, d, eps, lane), factor, scale);
 }
 
 // rms_norm's vector path for bf16 rows of d <= 256 kRmsChunks: a warp loads
@@ -209,25 +218,6 @@ __global__ void rms_norm_rows_kernel(const bf16* __restrict__ x, bf16* __restric
       }
       store8<true>(out, (r0 + j) * d + c, 8, v);
     }
-  }
-}
-
-// The second pass of mix_norm / add_norm: n = bf16((v * k) * factor) for the
-// row's values v, read back from the bf16 row the warp has just written (the
-// scalar path reads other lanes' columns: __syncwarp orders those writes).
-template <bool kVec>
-__device__ __forceinline__ void norm_row_out(const bf16* v_row, bf16* n_row, int d, int lane, float k, float factor,
-                                             bool scale) {
-  if (!kVec) __syncwarp();
-  for (int c = lane * kPassLen<kVec>; c < d; c += kPassStep<kVec>) {
-    float v[8];
-    load8<kVec>(v_row, c, kPassLen<kVec>, v);
-#pragma unroll
-    for (int e = 0; e < kPassLen<kVec>; ++e) {
-      v[e] = __fmul_rn(v[e], k);
-      if (scale) v[e] = __fmul_rn(v[e], factor);
-    }
-    store8<kVec>(n_row, c, kPassLen<kVec>, v);
   }
 }
 

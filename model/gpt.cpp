@@ -114,12 +114,11 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   const ModelConfig& cfg = c.cfg;
   const int64_t B = n.size(0), T = n.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
   const std::string pre = block(layer) + "attn.";
-  const at::Tensor nq = Q < T ? n.narrow(1, T - Q, Q) : n;
+  const at::Tensor nq = n.narrow(1, T - Q, Q);
   at::Tensor q = c.with_lora(c.linear(nq, pre + "c_q.weight"), nq, lora_key(step, "q"));
   at::Tensor k = c.with_lora(c.linear(n, pre + "c_k.weight"), n, lora_key(step, "k"));
   at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd});
-  q = fused::qk_norm_rope(q, H, Q < T ? cos.narrow(0, T - Q, Q) : cos, Q < T ? sin.narrow(0, T - Q, Q) : sin,
-                          c.pw(pre + "q_gain"), c.eps, c.math);
+  q = fused::qk_norm_rope(q, H, cos.narrow(0, T - Q, Q), sin.narrow(0, T - Q, Q), c.pw(pre + "q_gain"), c.eps, c.math);
   k = fused::qk_norm_rope(k, KV, cos, sin, at::Tensor(), c.eps, c.math);
   int64_t window = cfg.attn_windows.empty() ? 0 : cfg.attn_windows[layer];  // keys per query, 0 = all
   at::Tensor keys = k, values = v;  // a KV cache's positions first, then these
@@ -130,9 +129,9 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
       keys = at::cat({kv.k[size_t(step)], k}, 1);
       values = at::cat({kv.v[size_t(step)], v}, 1);
     }
-    const int64_t n = keys.size(1), kept = std::min(kv.keep, n);
-    kv.k[size_t(step)] = keys.narrow(1, n - kept, kept);
-    kv.v[size_t(step)] = values.narrow(1, n - kept, kept);
+    const int64_t total = keys.size(1), kept = std::min(kv.keep, total);
+    kv.k[size_t(step)] = keys.narrow(1, total - kept, kept);
+    kv.v[size_t(step)] = values.narrow(1, total - kept, kept);
     window = window > 0 ? std::min(window, kv.keep + 1) : kv.keep + 1;
   }
   const int64_t window_left = window > 0 ? window - 1 : -1;
@@ -164,7 +163,7 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     // XSA: remove from each head's output its component along the unit value
     // vector of its KV group at the same position (float32, as F.normalize
     // runs under autocast).
-    at::Tensor vf = c.up(Q < T ? v.narrow(1, T - Q, Q) : v);
+    at::Tensor vf = c.up(v.narrow(1, T - Q, Q));
     at::Tensor vhat = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
     if (KV != H) vhat = vhat.repeat_interleave(H / KV, 2);
     at::Tensor yf = c.up(y);
@@ -206,7 +205,7 @@ at::Tensor block_forward(const Ctx& c, int step, int layer, const at::Tensor& x,
   const int64_t T = x.size(1);
   auto [x_in, n] = fused::mix_norm(x, x0, c.pw(pre + "resid_mix"), c.ln_factor(layer), c.eps, c.math);
   at::Tensor a = attn_forward(c, step, layer, n, cos, sin, Q);
-  if (Q < T) x_in = x_in.narrow(1, T - Q, Q);
+  x_in = x_in.narrow(1, T - Q, Q);
   auto [y, n2] = fused::add_norm(x_in, a, c.pw(pre + "attn_scale"), c.ln_factor(layer), c.eps, c.math);
   return fused::add_scaled(y, mlp_forward(c, step, layer, n2), c.pw(pre + "mlp_scale"), c.math);
 }

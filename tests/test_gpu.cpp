@@ -284,13 +284,21 @@ TEST_F(Cuda, TrimmedLastStepMatchesTheFullForward) {
   }
 }
 
+// WideModel's token stream as a validation shard on disk, for the evaluator.
+std::vector<std::string> write_val_shard(const TempDir& dir, const std::vector<uint16_t>& tok) {
+  write_shard(dir / "fineweb_val_000000.bin", tok);
+  return {dir / "fineweb_val_*.bin"};
+}
+struct WideModelOnDisk : WideModel {
+  TempDir dir;
+  TokenStream stream{write_val_shard(dir, tok)};
+};
+
 // The eval issue: on the GPU (bf16), bpb must not depend on how windows are
 // batched beyond 1e-5.
 TEST_F(Cuda, EvalBpbDoesNotDependOnTheBatchSize) {
-  WideModel m;
-  TempDir dir;
-  write_shard(dir / "fineweb_val_000000.bin", m.tok);
-  TokenStream s({dir / "fineweb_val_*.bin"});
+  const WideModelOnDisk m;
+  const TokenStream& s = m.stream;
   for (uint32_t stride : {0u, 16u}) {
     std::vector<double> bpb;
     for (uint64_t windows : {1, 7, 64}) {
@@ -311,10 +319,8 @@ TEST_F(Cuda, EvalBpbDoesNotDependOnTheBatchSize) {
 // launches (the same kernels on the same shapes); document masks, whose
 // packing reads back from the device, always run plainly.
 TEST_F(Cuda, EvalCudaGraphsGiveThePlainNumbers) {
-  WideModel m;
-  TempDir dir;
-  write_shard(dir / "fineweb_val_000000.bin", m.tok);
-  TokenStream s({dir / "fineweb_val_*.bin"});
+  const WideModelOnDisk m;
+  const TokenStream& s = m.stream;
   for (uint32_t stride : {0u, 16u}) {
     for (bool doc_mask : {false, true}) {
       if (doc_mask && !stride) continue;
@@ -341,10 +347,8 @@ TEST_F(Cuda, EvalCudaGraphsGiveThePlainNumbers) {
 // cache's float64 RoPE angles) against the CPU's float64 run of the same
 // plan, and independent of the chunk size beyond bf16 noise.
 TEST_F(Cuda, StreamingEvalMatchesFloat64AndTheChunkDoesNotMatter) {
-  WideModel m;
-  TempDir dir;
-  write_shard(dir / "fineweb_val_000000.bin", m.tok);
-  TokenStream s({dir / "fineweb_val_*.bin"});
+  const WideModelOnDisk m;
+  const TokenStream& s = m.stream;
   EvalOptions o;
   o.plan = PlanKind::Streaming;
   o.seq_len = 64;
