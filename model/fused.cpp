@@ -214,8 +214,34 @@ struct SoftcapNllFn : torch::autograd::Function<SoftcapNllFn> {
   }
 };
 
+struct FlashAttentionFn : torch::autograd::Function<FlashAttentionFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            int64_t window_left) {
+    ctx->set_materialize_grads(false);
+    compat::FlashForward f = compat::dense_flash_attention_saved(q, k, v, window_left);
+    ctx->save_for_backward({q, k, v, f.out, f.lse, f.rng_state, f.unused});
+    ctx->saved_data["window_left"] = window_left;
+    return f.out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return variable_list(4);
+    const variable_list s = ctx->get_saved_variables();
+    auto [gq, gk, gv] = compat::dense_flash_attention_backward(g[0].contiguous(), s[0], s[1], s[2],
+                                                               {s[3], s[4], s[5], s[6]},
+                                                               ctx->saved_data["window_left"].toInt());
+    return {gq, gk, gv, at::Tensor()};
+  }
+};
+
 }  // namespace
 #endif
+
+at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left) {
+#if PGOLF_WITH_CUDA
+  if (records_grad({q, k, v})) return FlashAttentionFn::apply(q, k, v, window_left);
+#endif
+  return compat::dense_flash_attention(q, k, v, window_left);
+}
 
 at::Tensor rms_norm(const at::Tensor& x, double factor, double eps, at::ScalarType act, at::ScalarType math) {
 #if PGOLF_WITH_CUDA

@@ -73,4 +73,12 @@ at::Tensor relu_square(const at::Tensor& h, double slope, at::ScalarType math);
 at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const at::Tensor& targets, double cap,
                        at::ScalarType math);
 
+// Causal flash attention (CUDA bf16, libtorch >= 2.6): q [B, Q, H, hd], k/v
+// [B, T, KV, hd] with Q <= T (the queries are the last Q positions), KV
+// dividing H, at most window_left + 1 keys per query (< 0: all) -> [B, Q, H,
+// hd]. Under autograd its backward is flash's deterministic one: the same
+// kernels whatever the shape (SDPA's cuDNN backend builds a plan per new
+// shape, tens of milliseconds each, and TTT's shapes change every step).
+at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left);
+
 }  // namespace pgolf::fused

@@ -38,6 +38,7 @@ struct Ctx {
   const std::function<void(const std::string&, const at::Tensor&)>* tap = nullptr;
   const CastWeights* cast = nullptr;
   KvCache* kv = nullptr;
+  bool flash_backward = false;
 
   at::Tensor mm_weight(const std::string& n) const {
     if (cast && cast->type == act) {
@@ -70,6 +71,12 @@ struct Ctx {
     return y + at::bmm(xa, a->B.to(act).transpose(1, 2));
   }
 };
+
+// The last Q positions along dim: t itself when that is all of them (a
+// full-range narrow still costs autograd a zero-filled copy in backward).
+at::Tensor last_positions(const at::Tensor& t, int64_t dim, int64_t Q) {
+  return t.size(dim) == Q ? t : t.narrow(dim, t.size(dim) - Q, Q);
+}
 
 // Which key positions each query may see: [Q, T] or [B, 1, Q, T] bool, the
 // queries being the last Q of the T positions; at most `window` keys each
@@ -114,7 +121,7 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   const ModelConfig& cfg = c.cfg;
   const int64_t B = n.size(0), T = n.size(1), H = cfg.num_heads, KV = cfg.num_kv_heads, hd = cfg.head_dim();
   const std::string pre = block(layer) + "attn.";
-  const at::Tensor nq = n.narrow(1, T - Q, Q);
+  const at::Tensor nq = last_positions(n, 1, Q);
   at::Tensor q = c.with_lora(c.linear(nq, pre + "c_q.weight"), nq, lora_key(step, "q"));
   at::Tensor k = c.with_lora(c.linear(n, pre + "c_k.weight"), n, lora_key(step, "k"));
   at::Tensor v = c.with_lora(c.linear(n, pre + "c_v.weight"), n, lora_key(step, "v")).view({B, T, KV, hd});
@@ -145,9 +152,10 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     y = compat::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
                                        c.cu_seqlens, c.max_seqlen, window_left)
             .view({B, T, H, hd});
-  } else if (flash && !(c10::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
+  } else if (flash && (c.flash_backward || !(c10::GradMode::is_enabled() &&
+                                              (q.requires_grad() || k.requires_grad() || v.requires_grad())))) {
     // Causal mask aligned bottom-right: the queries are the last of the keys.
-    y = compat::dense_flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
+    y = fused::flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
   } else if (flash && window == 0 && compat::has_fused_causal_attention) {
     // Training: SDPA, whose backward is known to work with every libtorch here.
     TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache under autograd");
@@ -163,7 +171,7 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     // XSA: remove from each head's output its component along the unit value
     // vector of its KV group at the same position (float32, as F.normalize
     // runs under autocast).
-    at::Tensor vf = c.up(v.narrow(1, T - Q, Q));
+    at::Tensor vf = c.up(last_positions(v, 1, Q));
     at::Tensor vhat = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
     if (KV != H) vhat = vhat.repeat_interleave(H / KV, 2);
     at::Tensor yf = c.up(y);
@@ -202,10 +210,9 @@ at::Tensor mlp_half(const Ctx& c, int step, int layer, const at::Tensor& x) {
 at::Tensor block_forward(const Ctx& c, int step, int layer, const at::Tensor& x, const at::Tensor& x0,
                          const at::Tensor& cos, const at::Tensor& sin, int64_t Q) {
   const std::string pre = block(layer);
-  const int64_t T = x.size(1);
   auto [x_in, n] = fused::mix_norm(x, x0, c.pw(pre + "resid_mix"), c.ln_factor(layer), c.eps, c.math);
   at::Tensor a = attn_forward(c, step, layer, n, cos, sin, Q);
-  x_in = x_in.narrow(1, T - Q, Q);
+  x_in = last_positions(x_in, 1, Q);
   auto [y, n2] = fused::add_norm(x_in, a, c.pw(pre + "attn_scale"), c.ln_factor(layer), c.eps, c.math);
   return fused::add_scaled(y, mlp_forward(c, step, layer, n2), c.pw(pre + "mlp_scale"), c.math);
 }
@@ -438,13 +445,11 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType act = act_type(opt.precision);
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
   Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora, at::Tensor(), 0, &opt.linear_input_tap,
-        opt.cast, opt.kv};
+        opt.cast, opt.kv, opt.flash_backward};
   TORCH_CHECK(!opt.kv || !opt.segment_ids.defined(), "forward_nll: a KV cache with document masking");
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
-  bool windows = false;
-  for (int wdw : cfg.attn_windows) windows |= wdw > 0;
-  if (inputs.is_cuda() && act == at::kBFloat16 && (opt.segment_ids.defined() || windows)) {
-    // Sequence starts for varlen attention (only needed when attention is not plain causal): each row, and each segment change within a row.
+  if (inputs.is_cuda() && act == at::kBFloat16 && opt.segment_ids.defined()) {
+    // Sequence starts for varlen attention: each row, and each segment change within a row.
     at::Tensor starts = at::zeros({B, T}, inputs.options().dtype(at::kBool));
     starts.select(1, 0).fill_(true);
     if (opt.segment_ids.defined())

@@ -145,6 +145,11 @@ struct ForwardOptions {
   // other rows: no adapters, no input tap, no gradients, no document masking,
   // no parallel lanes at the end. The same values; false for tests.
   bool trim_last_step = true;
+  // Under autograd, attention through flash (fused::flash_attention, its
+  // deterministic backward) instead of SDPA: no per-shape cuDNN plans (TTT's
+  // shapes change every step), grouped KV heads and windows without copies
+  // or masks. Training keeps SDPA: one shape, cuDNN's faster kernels.
+  bool flash_backward = false;
   // Called with the input of every weight matrix product before it runs
   // (act type, [..., in]) and the weight's name -- including the LM head
   // ("tok_emb.weight" when tied), whose input is the final normed hidden state

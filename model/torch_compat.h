@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #if defined(PGOLF_COMPAT_PROFILER) && PGOLF_WITH_CUDA
 #include <set>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -97,8 +98,50 @@ inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k
                                           /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
   return std::get<0>(out);
 }
+// The same attention for autograd (fused::flash_attention's Function): the
+// forward keeps what the backward reads; the backward runs flash's
+// deterministic kernels (no atomics in dq). ATen decides determinism from the
+// global flag inside the call, so the flag is set for that call only.
+struct FlashForward {
+  at::Tensor out, lse, rng_state, unused;  // out [B, Q, H, hd]; lse [B, H, Q] float32
+};
+inline FlashForward dense_flash_attention_saved(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                int64_t window_left) {
+  auto r = at::_flash_attention_forward(q, k, v, std::nullopt, std::nullopt, q.size(1), k.size(1), /*dropout_p=*/0.0,
+                                        /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
+                                        /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
+// -> dq, dk, dv (dk, dv summed over each KV head's query heads).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_backward(
+    const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
+    int64_t window_left) {
+  struct Deterministic {
+    at::Context& ctx = at::globalContext();
+    bool was = ctx.deterministicAlgorithms(), warn_only = ctx.deterministicAlgorithmsWarnOnly();
+    Deterministic() { ctx.setDeterministicAlgorithms(true, false); }
+    ~Deterministic() { ctx.setDeterministicAlgorithms(was, warn_only); }
+  } deterministic;
+  return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, at::Tensor(), at::Tensor(), q.size(1), k.size(1),
+                                       /*dropout_p=*/0.0, /*is_causal=*/true, f.rng_state, f.unused,
+                                       /*scale=*/std::nullopt, /*window_size_left=*/window_left,
+                                       /*window_size_right=*/int64_t(0));
+}
 #else
 constexpr bool has_varlen_flash_attention = false;
+struct FlashForward {
+  at::Tensor out, lse, rng_state, unused;
+};
+inline FlashForward dense_flash_attention_saved(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
+  throw std::runtime_error("flash attention needs libtorch >= 2.6");
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_backward(const at::Tensor&,
+                                                                                    const at::Tensor&,
+                                                                                    const at::Tensor&,
+                                                                                    const at::Tensor&,
+                                                                                    const FlashForward&, int64_t) {
+  throw std::runtime_error("flash attention needs libtorch >= 2.6");
+}
 inline at::Tensor dense_flash_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
   throw std::runtime_error("flash attention needs libtorch >= 2.6");
 }
