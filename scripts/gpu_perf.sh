@@ -44,10 +44,17 @@ fi
   >"$O/ttt.json" 2>"$O/ttt.log" || tail -20 "$O/ttt.log"
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-base --json --quiet \
   >"$O/ttt_nobase.json" 2>"$O/ttt_nobase.log" || tail -20 "$O/ttt_nobase.log"
+for s in ${TTT_SEEDS:-}; do  # TTT_SEEDS="1 2": more seeds (the noise floor of the gain)
+  "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed "$s" --json --quiet \
+    >"$O/ttt_seed$s.json" 2>"$O/ttt_seed$s.log" || tail -20 "$O/ttt_seed$s.log"
+done
+"$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-cuda-graphs --json --quiet \
+  >"$O/ttt_nograph.json" 2>"$O/ttt_nograph.log" || tail -20 "$O/ttt_nograph.log"
 if [ "${PROFILE:-1}" = 1 ]; then
-  "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --max-docs 192 --quiet \
+  "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --max-docs ${PROFILE_DOCS:-192} --quiet \
     --profile /tmp/ttt_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/ttt_trace.json 30 >"$O/trace_ttt.txt" 2>&1 || true
 fi
+if [ "${TTT_ONLY:-0}" != 1 ]; then  # TTT_ONLY=1: skip the evaluation runs
 "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --json --quiet >"$O/eval_std.json" || echo "eval failed: eval_std.json"
 "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --json --quiet >"$O/eval_sw.json" || echo "eval failed: eval_sw.json"
 "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --no-cuda-graphs --json --quiet >"$O/eval_std_nograph.json" || echo "eval failed: eval_std_nograph.json"
@@ -59,7 +66,8 @@ if [ "${PROFILE:-1}" = 1 ]; then
   "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --quiet \
     --profile /tmp/std_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/std_trace.json 30 >"$O/trace_std.txt" 2>&1 || true
 fi
-j() { python3 -c "import json,sys; d=json.load(open('$1')); print(' '.join(str(d.get(k)) for k in sys.argv[1:]))" "${@:2}"; }
+fi
+j() { [ -s "$1" ] || return 0; python3 -c "import json,sys; d=json.load(open('$1')); print(' '.join(str(d.get(k)) for k in sys.argv[1:]))" "${@:2}"; }
 echo
 sed -n "/^attention/,\$p" "$O/fused_check.txt"
 [ -f "$O/trace_ttt.txt" ] && head -45 "$O/trace_ttt.txt"
@@ -72,7 +80,11 @@ echo "|---|---|"
 echo "| model | $MODEL |"
 echo "| env | $(cat "$O/env.json" 2>/dev/null) |"
 echo "| train | $(j "$O/train.json" steps seconds last_train_loss val_bpb) |"
-echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targets_per_second steps host_seconds) |"
+echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targets_per_second steps graph_replays graph_captures host_seconds) |"
+for s in ${TTT_SEEDS:-}; do
+  echo "| ttt lora-0317 seed $s | $(j "$O/ttt_seed$s.json" bpb bpb_base gain gain_stderr seconds ttt_seconds) |"
+done
+echo "| ttt lora-0317 --no-cuda-graphs | $(j "$O/ttt_nograph.json" bpb bpb_base seconds ttt_seconds targets_per_second host_seconds) |"
 echo "| ttt lora-0317 --no-base | $(j "$O/ttt_nobase.json" bpb seconds ttt_seconds targets_per_second host_seconds) |"
 echo "| eval standard (bpb s tok/s replays) | $(j "$O/eval_std.json" bpb eval_seconds targets_per_second graph_replays host_seconds) |"
 echo "| eval standard --no-cuda-graphs | $(j "$O/eval_std_nograph.json" bpb eval_seconds targets_per_second host_seconds) |"

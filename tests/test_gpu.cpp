@@ -133,11 +133,13 @@ TEST_F(Cuda, FusedKernelsMatchTheirReferenceInWholeForwards) {
 // Gradients of the summed NLL of a bf16 forward with respect to `leaves`
 // (tensors inside w / lora that require grad), kernels on or off.
 std::vector<at::Tensor> bf16_grads(const GptWeights& w, const LoraSet* lora, const std::vector<at::Tensor>& leaves,
-                                   const at::Tensor& in, const at::Tensor& tg, const at::Tensor& mask, bool kernels) {
+                                   const at::Tensor& in, const at::Tensor& tg, const at::Tensor& mask, bool kernels,
+                                   bool flash = false) {
   ForwardOptions bf;
   bf.precision = Precision::BF16;
   bf.score_mask = mask;
   bf.lora = lora;
+  bf.flash_backward = flash;
   std::unique_ptr<fused::ReferenceOnly> only;
   if (!kernels) only = std::make_unique<fused::ReferenceOnly>();
   at::Tensor loss = forward_nll(w, in, tg, bf).sum();
@@ -219,6 +221,13 @@ TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
       // Deterministic: the same gradients twice, bit for bit.
       const std::vector<at::Tensor> k2 = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true);
       for (size_t i = 0; i < k.size(); ++i) EXPECT_TRUE(k[i].equal(k2[i])) << "leaf " << i;
+      // TTT's attention backward: flash's deterministic kernels (windows and
+      // grouped heads direct) instead of SDPA, as close and as repeatable.
+      const std::vector<at::Tensor> f = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true, true);
+      const std::vector<at::Tensor> f2 = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true, true);
+      const double ef = rel_error(f, ref);
+      EXPECT_LT(ef, 1.5 * ea + 1e-3) << what << ": flash backward " << ef << ", ATen " << ea;
+      for (size_t i = 0; i < f.size(); ++i) EXPECT_TRUE(f[i].equal(f2[i])) << "flash backward, leaf " << i;
     }
   }
 }
@@ -388,6 +397,32 @@ TEST_F(Cuda, TttIsDeterministicForASeed) {
   for (size_t i = 0; i < a.docs.size(); ++i) EXPECT_EQ(a.docs[i].nll, b.docs[i].nll) << "document " << i;
   o.seed = 8;
   EXPECT_NE(run_ttt(m.w, m.tok, m.bc, o).nll_sum, a.nll_sum);
+}
+
+// Steps replayed from CUDA graphs give the eager steps' numbers bit for bit
+// (the same kernels on the same shapes), with and without base scores, and
+// a batch size change (new adapters) between them.
+TEST_F(Cuda, TttCudaGraphsGiveTheEagerNumbers) {
+  WideModel m;
+  TttOptions o;
+  o.lora_rank = 4;
+  o.chunk = 16;
+  o.context = 48;
+  o.batch_docs = 4;
+  o.precision = Precision::BF16;
+  for (bool base : {true, false}) {
+    o.base = base;
+    o.cuda_graphs = false;
+    const TttResult eager = run_ttt(m.w, m.tok, m.bc, o);
+    o.cuda_graphs = true;
+    const TttResult graphs = run_ttt(m.w, m.tok, m.bc, o);
+    EXPECT_EQ(eager.graph_replays, 0);
+    EXPECT_GT(graphs.graph_replays, int64_t(graphs.steps / 2)) << "captures " << graphs.graph_captures;
+    EXPECT_EQ(graphs.nll_sum, eager.nll_sum);
+    EXPECT_EQ(graphs.base_nll_sum, eager.base_nll_sum);
+    ASSERT_EQ(graphs.docs.size(), eager.docs.size());
+    for (size_t i = 0; i < eager.docs.size(); ++i) EXPECT_EQ(graphs.docs[i].nll, eager.docs[i].nll) << "document " << i;
+  }
 }
 
 }  // namespace

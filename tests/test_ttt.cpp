@@ -191,6 +191,44 @@ TEST(TttAdapters, InitIsKeyedUniformAndMatchesTheHostGenerator) {
   EXPECT_NEAR(A.pow(2).mean().item<double>(), 1.0 / 3.0, 0.01);
 }
 
+// Backward through any of the views adds each site's gradient into the flat
+// gradient at that site's rows, in place, and nowhere else; the optimizer
+// then moves exactly those rows.
+TEST(TttAdapters, GradientsLandInTheFlatBufferRows) {
+  const std::vector<LoraSiteSpec> sites = {{"q", 6, 6}, {"head", 6, 10}};
+  BatchAdapters a(sites, 4, 2, at::kDouble, at::kCPU);
+  a.reset(3, {0, 1, 2, 3});
+  const at::Tensor grad_storage = a.grad();
+  auto loss_of = [](const LoraSet& set) {
+    at::Tensor l = at::zeros({}, at::kDouble);
+    for (const auto& [key, ad] : set.adapters) l = l + (ad.A * 2.0).sum() + (ad.B + 1.0).pow(2).sum();
+    return l;
+  };
+  loss_of(a.views(1, 2)).backward();                       // rows 1, 2
+  loss_of(a.views(at::tensor({3}, at::kLong))).backward();  // row 3
+  EXPECT_TRUE(a.grad().is_same(grad_storage));  // accumulated in place
+  for (const auto& [key, ad] : a.views().adapters) {
+    const at::Tensor gA = ad.A.grad(), gB = ad.B.grad();
+    ASSERT_TRUE(gA.defined() && gB.defined()) << key;
+    EXPECT_EQ(gA[0].abs().sum().item<double>(), 0.0) << key;  // row 0 was in neither view
+    EXPECT_EQ(gB[0].abs().sum().item<double>(), 0.0) << key;
+    for (int r = 1; r < 4; ++r) {
+      EXPECT_TRUE(at::allclose(gA[r], at::full_like(gA[r], 2.0))) << key << " row " << r;
+      EXPECT_TRUE(at::allclose(gB[r], 2.0 * (ad.B[r] + 1.0))) << key << " row " << r;
+    }
+  }
+  // The flat gradient is the leaves' gradients (one buffer).
+  EXPECT_NEAR(a.grad().abs().sum().item<double>(), 2.0 * 3 * 2 * (6 + 6) + 2.0 * 3 * (6 * 2 + 10 * 2), 1e-9);
+  const at::Tensor before = a.params().clone();
+  FlatAdam adam(AdamConfig{0.1, 0.9, 0.95, 1e-10, 0.0, false});
+  adam.reset(a.params());
+  adam.step(a.params(), a.grad());
+  const at::Tensor moved = (a.params() != before);
+  EXPECT_EQ(moved.sum().item<int64_t>(), (a.grad() != 0).sum().item<int64_t>());
+  a.zero_grad();
+  EXPECT_EQ(a.grad().abs().sum().item<double>(), 0.0);
+}
+
 TEST(Ttt, EveryTargetIsScoredExactlyOnce) {
   Fixture f;
   TttResult r = run_ttt(f.w32, f.tok, f.bc, f.options());
@@ -344,7 +382,7 @@ TEST(Ttt, ChunkTwoIsScoredAfterOneAdamStepOnChunkOne) {
     fo.lora = &lora;
     at::Tensor nll0 = forward_nll(f.w64, ids(0, 4), ids(1, 4), fo);
     nll0.mean().backward();
-    adam.step(ad.params(), ad.params().grad());
+    adam.step(ad.params(), ad.grad());
     lora = ad.views();
     at::Tensor nll1 = forward_nll(f.w64, ids(0, 7), ids(1, 7), fo);  // chunk 1: targets 5..7, window from the BOS
     for (int j = 0; j < 4; ++j) EXPECT_NEAR(r.target_nll[size_t(j + 1)], nll0[0][j].item<double>(), 1e-12);

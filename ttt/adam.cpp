@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "data/error.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -16,13 +17,26 @@ void FlatAdam::reset(const at::Tensor& p) {
   } else {
     m_ = at::zeros_like(p);
     v_ = at::zeros_like(p);
+    factors_ = at::zeros({2}, p.options().requires_grad(false));
   }
   t_ = 0;
 }
 
-void FlatAdam::step(at::Tensor& p, const at::Tensor& grad) {
-  c10::NoGradGuard no_grad;
+void FlatAdam::prepare() {
+  if (!factors_.defined()) throw Error("adam: prepare() before reset()");
   ++t_;
+  const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
+  const at::Tensor host = at::tensor({-c_.lr / bc1, std::sqrt(bc2)}, at::kDouble).to(factors_.scalar_type());
+  c10::NoGradGuard no_grad;
+  // Pinned and asynchronous on CUDA: queued in order before the update.
+  if (factors_.is_cuda())
+    factors_.copy_(host.pin_memory(), /*non_blocking=*/true);
+  else
+    factors_.copy_(host);
+}
+
+void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad) {
+  c10::NoGradGuard no_grad;
   at::Tensor g = grad;
   if (c_.weight_decay != 0.0) {
     if (c_.decoupled)
@@ -32,9 +46,8 @@ void FlatAdam::step(at::Tensor& p, const at::Tensor& grad) {
   }
   m_.lerp_(g, 1.0 - c_.beta1);
   v_.mul_(c_.beta2).addcmul_(g, g, 1.0 - c_.beta2);
-  const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
-  at::Tensor denom = (v_.sqrt() / std::sqrt(bc2)).add_(c_.eps);
-  p.addcdiv_(m_, denom, -c_.lr / bc1);
+  at::Tensor denom = (v_.sqrt() / factors_.select(0, 1)).add_(c_.eps);
+  p.add_(m_ / denom * factors_.select(0, 0));
 }
 
 }  // namespace pgolf

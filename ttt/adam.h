@@ -5,6 +5,9 @@
 // p *= 1 - lr * wd first), with bias correction:
 //   t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// The step-dependent factors live in a device tensor written by prepare(),
+// so apply() is a fixed sequence of device ops that a CUDA graph can hold
+// (ttt/ttt_step.h replays it).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -20,15 +23,25 @@ struct AdamConfig {
 class FlatAdam {
  public:
   explicit FlatAdam(const AdamConfig& c) : c_(c) {}
-  // Fresh state (zero moments, step 0) shaped like p.
+  // Fresh state (zero moments, step 0) shaped like p; in place when the
+  // shape and type are kept (a captured graph holds the tensors).
   void reset(const at::Tensor& p);
-  // One update of p in place (no autograd recording) from gradient g.
-  void step(at::Tensor& p, const at::Tensor& g);
+  // t += 1 and queue that step's bias corrections to the device (host side).
+  void prepare();
+  // The update of p in place from gradient g with the prepared step's
+  // factors (device ops only, no autograd recording).
+  void apply(at::Tensor& p, const at::Tensor& g);
+  // prepare() then apply().
+  void step(at::Tensor& p, const at::Tensor& g) {
+    prepare();
+    apply(p, g);
+  }
   int64_t steps() const { return t_; }
 
  private:
   AdamConfig c_;
   at::Tensor m_, v_;
+  at::Tensor factors_;  // [2] like p: -lr / (1 - b1^t), sqrt(1 - b2^t)
   int64_t t_ = 0;
 };
 

@@ -104,21 +104,42 @@ BatchAdapters::BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int6
   }
   c10::NoGradGuard no_grad;
   params_ = at::zeros({total}, at::TensorOptions().dtype(dtype).device(device));
-  params_.set_requires_grad(true);
+  grad_ = at::zeros_like(params_);
+  for (size_t k = 0; k < sites_.size(); ++k) {
+    const LoraSiteSpec& s = sites_[k];
+    const int64_t na = rows_ * rank_ * s.in, nb = rows_ * s.out * rank_;
+    auto leaf = [&](int64_t off, int64_t n, std::vector<int64_t> shape) {
+      at::Tensor t = params_.narrow(0, off, n).view(shape).detach();
+      t.set_requires_grad(true);
+      t.mutable_grad() = grad_.narrow(0, off, n).view(shape);
+      return t;
+    };
+    leaves_.adapters[s.key] = {leaf(offsets_[k], na, {rows_, rank_, s.in}),
+                               leaf(offsets_[k] + na, nb, {rows_, s.out, rank_})};
+  }
+}
+
+void BatchAdapters::zero_grad() {
+  c10::NoGradGuard no_grad;
+  grad_.zero_();
 }
 
 void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) {
   if (int64_t(row_keys.size()) != rows_) throw Error("ttt: adapter reset with the wrong number of rows");
   c10::NoGradGuard no_grad;
   params_.zero_();
-  if (params_.grad().defined()) params_.mutable_grad().reset();
+  grad_.zero_();
+  // Every site's row hashes in one asynchronous copy (a plain copy would make
+  // the host wait for the GPU's queue).
+  std::vector<int64_t> keys;
+  for (const LoraSiteSpec& s : sites_)
+    for (uint64_t key : row_keys) keys.push_back(int64_t(row_hash(seed, key, s.key)));
+  const at::Tensor all = to_device(at::tensor(keys, at::kLong), params_.device()).view({int64_t(sites_.size()), rows_});
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(params_.device());
   for (size_t k = 0; k < sites_.size(); ++k) {
     const LoraSiteSpec& s = sites_[k];
     const int64_t n = rank_ * s.in;
-    std::vector<int64_t> keys(row_keys.size());
-    for (size_t b = 0; b < row_keys.size(); ++b) keys[b] = int64_t(row_hash(seed, row_keys[b], s.key));
-    at::Tensor rowh = at::tensor(keys, at::kLong).to(params_.device()).view({rows_, 1});
+    at::Tensor rowh = all.select(0, int64_t(k)).view({rows_, 1});
     at::Tensor h = fmix32(at::bitwise_and(rowh + mul32(at::arange(n, i64), kWeyl).view({1, n}), int64_t(0xFFFFFFFF)));
     const double bound = 1.0 / std::sqrt(double(s.in));
     at::Tensor u = (shr(h, 8).to(at::kDouble) * 0x1p-23 - 1.0) * bound;  // [rows, r * in]
@@ -126,25 +147,22 @@ void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) 
   }
 }
 
-LoraSet BatchAdapters::views() const {
-  LoraSet set;
-  for (size_t k = 0; k < sites_.size(); ++k) {
-    const LoraSiteSpec& s = sites_[k];
-    const int64_t na = rows_ * rank_ * s.in, nb = rows_ * s.out * rank_;
-    set.adapters[s.key] = {params_.narrow(0, offsets_[k], na).view({rows_, rank_, s.in}),
-                           params_.narrow(0, offsets_[k] + na, nb).view({rows_, s.out, rank_})};
+LoraSet BatchAdapters::views() const { return leaves_; }
+
+LoraSet BatchAdapters::views(int64_t first, int64_t count) const {
+  LoraSet set = leaves_;
+  for (auto& [key, a] : set.adapters) {
+    a.A = a.A.narrow(0, first, count);
+    a.B = a.B.narrow(0, first, count);
   }
   return set;
 }
 
-LoraSet BatchAdapters::views(const std::vector<int64_t>& rows) const {
-  LoraSet set = views();
-  if (int64_t(rows.size()) == rows_) return set;
-  const bool contiguous = !rows.empty() && rows.back() - rows.front() + 1 == int64_t(rows.size());
-  const at::Tensor idx = contiguous ? at::Tensor() : to_device(at::tensor(rows, at::kLong), params_.device());
+LoraSet BatchAdapters::views(const at::Tensor& rows) const {
+  LoraSet set = leaves_;
   for (auto& [key, a] : set.adapters) {
-    a.A = contiguous ? a.A.narrow(0, rows.front(), int64_t(rows.size())) : a.A.index_select(0, idx);
-    a.B = contiguous ? a.B.narrow(0, rows.front(), int64_t(rows.size())) : a.B.index_select(0, idx);
+    a.A = a.A.index_select(0, rows);
+    a.B = a.B.index_select(0, rows);
   }
   return set;
 }

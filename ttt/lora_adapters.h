@@ -38,6 +38,12 @@ std::vector<LoraSiteSpec> lora_sites(const ModelConfig& cfg, const std::vector<s
 // function (tests compare against it).
 double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site, uint64_t i, double bound);
 
+// All of a batch's adapters in one flat buffer: the optimizer updates every
+// row of every site with a handful of kernels. Each site's A and B are
+// autograd leaves viewing the buffer, whose gradients are views of one flat
+// gradient buffer: backward adds each site's gradient in place, where one
+// leaf for the whole buffer would have each site's slice backward build and
+// sum buffer-sized gradients.
 class BatchAdapters {
  public:
   // rows adapters of rank r per site; dtype float32 or float64.
@@ -46,21 +52,27 @@ class BatchAdapters {
 
   int64_t rows() const { return rows_; }
   int64_t rank() const { return rank_; }
-  // A of row b from (seed, row_keys[b], site), B = 0; the gradient is cleared.
+  // A of row b from (seed, row_keys[b], site), B = 0; the gradient is zeroed.
   void reset(uint64_t seed, const std::vector<uint64_t>& row_keys);
-  // Views into the buffer, one LoraAdapter per site: A [rows, r, in], B [rows, out, r].
+  // The leaves, one LoraAdapter per site: A [rows, r, in], B [rows, out, r].
   LoraSet views() const;
-  // The same for a subset of rows (ascending): views when they are
-  // contiguous, copies (still differentiable) otherwise.
-  LoraSet views(const std::vector<int64_t>& rows) const;
-  // The flat leaf [total] (requires grad): the optimizer updates it in place.
+  // Rows [first, first + count) of every leaf (views).
+  LoraSet views(int64_t first, int64_t count) const;
+  // The rows `rows` lists (int64 [n] on the buffer's device): differentiable
+  // copies (gradients flow back to those rows).
+  LoraSet views(const at::Tensor& rows) const;
+  // The flat parameters [total] and gradient [total] (in place: graphs and
+  // the optimizer hold them). Backward adds into grad(); zero it first.
   at::Tensor& params() { return params_; }
+  at::Tensor& grad() { return grad_; }
+  void zero_grad();
 
  private:
   std::vector<LoraSiteSpec> sites_;
   int64_t rows_, rank_;
   std::vector<int64_t> offsets_;  // per site: where its A starts; B follows A
-  at::Tensor params_;
+  at::Tensor params_, grad_;
+  LoraSet leaves_;
 };
 
 }  // namespace pgolf

@@ -39,7 +39,7 @@ struct TttArgs {
   double lr = 0, wd = 0;
   uint32_t chunk = 0, context = 0, batch_docs = 0, grad_steps = 0, trim = 0;
   uint64_t seed = 0, max_docs = 0;
-  bool json = false, audit = false, quiet = false, no_base = false;
+  bool json = false, audit = false, quiet = false, no_base = false, no_cuda_graphs = false;
   std::string dump;     // --dump FILE.h5
   std::string profile;  // --profile FILE.json
   std::map<std::string, CLI::Option*> given;
@@ -78,6 +78,7 @@ TttOptions options_from(const TttArgs& a) {
   o.seed = a.seed;
   o.max_docs = a.max_docs;
   o.base = !a.no_base;
+  o.cuda_graphs = !a.no_cuda_graphs;
   o.validate();
   return o;
 }
@@ -257,8 +258,10 @@ void run_ttt_command(const TttArgs& a) {
   }
   std::fprintf(stderr, "%-10s %s\n%-10s %s\n", "targets", with_commas(r.targets).c_str(), "bytes",
                with_commas(r.bytes).c_str());
-  std::fprintf(stderr, "%-10s %s (%s batches, %s steps, %s updates)\n", "docs", with_commas(docs).c_str(),
-               with_commas(r.batches).c_str(), with_commas(r.steps).c_str(), with_commas(r.updates).c_str());
+  std::fprintf(stderr, "%-10s %s (%s batches, %s steps, %s replayed from %s CUDA graphs, %s updates)\n", "docs",
+               with_commas(docs).c_str(), with_commas(r.batches).c_str(), with_commas(r.steps).c_str(),
+               with_commas(uint64_t(r.graph_replays)).c_str(), with_commas(uint64_t(r.graph_captures)).c_str(),
+               with_commas(r.updates).c_str());
   std::fprintf(stderr, "%-10s %s scored targets/s (%.2f s ttt, %.2f s wall)\n", "speed",
                with_commas(uint64_t(double(r.targets) / std::max(ttt_s, 1e-9))).c_str(), ttt_s, wall);
   if (a.json) {
@@ -280,7 +283,9 @@ void run_ttt_command(const TttArgs& a) {
               {"ttt_seconds", ttt_s},
               {"host_seconds", {{"prepare", r.host_prepare}, {"forward", r.host_forward},
                                 {"backward", r.host_backward}, {"update", r.host_update},
-                                {"read_back", r.host_read_back}}},
+                                {"replay", r.host_replay}, {"read_back", r.host_read_back}}},
+              {"graph_replays", r.graph_replays},
+              {"graph_captures", r.graph_captures},
               {"targets_per_second", double(r.targets) / std::max(ttt_s, 1e-9)},
               {"device", dev.device_name},
               {"precision", dev.precision_name},
@@ -316,6 +321,8 @@ void register_ttt_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();
   cmd->add_option("--precision", a->precision, "bf16 (CUDA default, the reference's numerics), f32 (CPU default), f64");
   cmd->add_flag("--no-base", a->no_base, "skip the score without TTT (saves one forward per step after the first)");
+  cmd->add_flag("--no-cuda-graphs", a->no_cuda_graphs,
+                "launch every step from the host instead of replaying repeated step shapes from CUDA graphs");
   cmd->add_flag("--audit", a->audit, "legality checks on a sample of documents instead of the run; exit 1 on failure");
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
   cmd->add_option("--dump", a->dump, "write per-document totals with and without TTT and per-chunk totals to this HDF5 file (pgolf report draws them)");

@@ -7,6 +7,7 @@
 #include <deque>
 #include <limits>
 #include <memory>
+#include <optional>
 
 #include "data/byte_counter.h"
 #include "data/error.h"
@@ -16,6 +17,12 @@
 #include "model/pch.h"
 #include "ttt/adam.h"
 #include "ttt/lora_adapters.h"
+#include "ttt/ttt_step.h"
+
+#if PGOLF_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace pgolf {
 
@@ -23,41 +30,67 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// One step's forward over its active rows (the batch rows whose document has
-// this chunk; the reference also runs the finished rows, on padding, and
-// discards them): inputs / targets [n, width] int64, right-padded with token 0
-// as the reference pads, score mask [n, width] bool; on the CPU.
-struct StepTensors {
-  at::Tensor inputs, targets, mask;
-};
+// The batch rows a step forwards: every active row (its document has this
+// chunk) and, up to a power of two of rows (at most the batch), finished rows
+// as padding -- the nearest ones before each active row, so that the rows
+// stay one range when the active rows are the batch's last ones (a batch's
+// documents come sorted by length) -- ascending. Few row counts mean few
+// step shapes to capture (ttt/ttt_step.h); the reference forwards them all.
+std::vector<int64_t> step_rows(const TttStep& st) {
+  const int64_t B = int64_t(st.rows.size());
+  int64_t active = 0;
+  for (const auto& ch : st.rows) active += ch.has_value();
+  int64_t want = 1;
+  while (want < active) want *= 2;
+  int64_t pad = std::min(want, B) - active;
+  std::vector<bool> take(size_t(B), false);
+  for (int64_t b = B - 1; b >= 0; --b) {
+    if (st.rows[size_t(b)]) take[size_t(b)] = true;
+    else if (pad > 0 && b + 1 < B && take[size_t(b + 1)]) take[size_t(b)] = true, --pad;
+  }
+  for (int64_t b = 0; b < B && pad > 0; ++b)
+    if (!take[size_t(b)]) take[size_t(b)] = true, --pad;
+  std::vector<int64_t> rows;
+  for (int64_t b = 0; b < B; ++b)
+    if (take[size_t(b)]) rows.push_back(b);
+  return rows;
+}
 
-StepTensors step_tensors(const std::vector<uint16_t>& tok, const TttStep& st, const std::vector<int64_t>& active) {
-  const int64_t n = int64_t(active.size()), W = int64_t(st.width);
-  at::Tensor in = at::zeros({n, W}, at::kLong), tg = at::zeros({n, W}, at::kLong), m = at::zeros({n, W}, at::kBool);
+// One step's inputs: inputs / targets [rows, width] int64, right-padded with
+// token 0 as the reference pads (finished rows all 0); 1 for each row with a
+// next chunk (trained on), else 0.
+TttStepInputs step_inputs(const std::vector<uint16_t>& tok, const TttStep& st, const std::vector<int64_t>& rows,
+                          at::ScalarType weight_type) {
+  const int64_t n = int64_t(rows.size()), W = int64_t(st.width);
+  at::Tensor in = at::zeros({n, W}, at::kLong), tg = at::zeros({n, W}, at::kLong);
+  at::Tensor weight = at::zeros({n}, at::kDouble);
   auto pi = in.accessor<int64_t, 2>(), pt = tg.accessor<int64_t, 2>();
-  auto pm = m.accessor<bool, 2>();
+  auto pw = weight.accessor<double, 1>();
   for (int64_t b = 0; b < n; ++b) {
-    const TttChunk& ch = *st.rows[size_t(active[size_t(b)])];
+    const auto& row = st.rows[size_t(rows[size_t(b)])];
+    if (!row) continue;
+    const TttChunk& ch = *row;
     for (uint64_t j = 0; j < ch.input_len(); ++j) {
       pi[b][int64_t(j)] = tok[ch.context_begin + j];
       pt[b][int64_t(j)] = tok[ch.context_begin + j + 1];
-      pm[b][int64_t(j)] = j >= ch.score_offset();
     }
+    pw[b] = ch.last ? 0.0 : 1.0;
   }
-  return {in, tg, m};
+  return {in, tg, at::tensor(rows, at::kLong), weight.to(weight_type)};
 }
 
-// Adds one step's scores (nll, base: [active rows, width] float64 on the
-// CPU; base undefined when not computed) to the result.
-void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& active, const std::vector<uint16_t>& tok,
+// Adds one step's scores (nll, base: [step rows, width] float64 on the CPU;
+// base undefined when not computed) to the result; padding rows have none.
+void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& rows, const std::vector<uint16_t>& tok,
                 const ByteCounter& bc, const at::Tensor& nll, const at::Tensor& base) {
   auto pn = nll.accessor<double, 2>();
   const bool has_base = base.defined();
   at::Tensor b0 = has_base ? base : nll;
   auto pb = b0.accessor<double, 2>();
   const bool record = !r.target_times.empty();
-  for (size_t b = 0; b < active.size(); ++b) {
-    const TttChunk& ch = *st.rows[size_t(active[b])];
+  for (size_t b = 0; b < rows.size(); ++b) {
+    if (!st.rows[size_t(rows[b])]) continue;
+    const TttChunk& ch = *st.rows[size_t(rows[b])];
     TttChunkTotals ct{ch.doc, ch.index, ch.target_begin, uint32_t(ch.num_targets()), 0, 0.0, 0.0};
     for (uint64_t j = ch.score_offset(); j < ch.input_len(); ++j) {
       const uint64_t t = ch.context_begin + j + 1;  // target position: predicts tok[t] after tok[t - 1]
@@ -88,12 +121,6 @@ void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& act
     r.targets += ct.targets;
     r.chunks.push_back(ct);
   }
-}
-
-// The training loss: the sum over the rows with a next chunk of each row's
-// mean NLL over the C train columns (the reference's per_doc * mask sum).
-at::Tensor train_loss(const at::Tensor& nll, const at::Tensor& train_rows, const TttStep& st, uint32_t chunk) {
-  return nll.index_select(0, train_rows).narrow(1, int64_t(st.train_offset), int64_t(chunk)).mean(1).sum();
 }
 
 double stderr_of(double nll_sum, uint64_t bytes, const std::vector<DocumentTotals>& docs) {
@@ -253,6 +280,15 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   FlatAdam adam(AdamConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.adamw});
   std::unique_ptr<BatchAdapters> adapters;  // reused while the batch size stays
   const CastWeights cast = cast_matrix_weights(w, o.precision);  // the base is frozen: cast once
+  const at::ScalarType weight_type = o.precision == Precision::F64 ? at::kDouble : at::kFloat;
+#if PGOLF_WITH_CUDA
+  // Every step on one side stream: CUDA graphs cannot capture the legacy
+  // default stream, and a shape's eager first step warms up what its capture
+  // will use on that stream.
+  std::optional<c10::cuda::CUDAStreamGuard> side;
+  if (device.is_cuda()) side.emplace(c10::cuda::getStreamFromPool());
+#endif
+  TttStepRunner runner(w, cast, o.precision, o.chunk, o.grad_steps, o.cuda_graphs);
 
   TttResult r;
   r.used_tokens = n;
@@ -270,8 +306,8 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   // steps while the GPU runs these, and reads each back in order.
   struct Pending {
     TttStep st;
-    std::vector<int64_t> active;
-    HostCopy nll, base;  // [active rows, width]; base undefined without it or when it is nll
+    std::vector<int64_t> rows;
+    HostCopy nll, base;  // [rows, width]; base undefined without it or when it is nll
     bool base_is_nll = false;
   };
   std::deque<Pending> pending;
@@ -280,81 +316,60 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       Pending& p = pending.front();
       const at::Tensor got = p.nll.wait().to(at::kDouble);
       const at::Tensor base = p.base.defined() ? p.base.wait().to(at::kDouble) : p.base_is_nll ? got : at::Tensor();
-      accumulate(r, p.st, p.active, tokens, bc, got, base);
+      accumulate(r, p.st, p.rows, tokens, bc, got, base);
       if (o.progress) o.progress(r.targets, to_score);
     }
   };
 
+  // Step 0's base scores are its scores: fresh adapters (B = 0) add exactly zero.
+  auto step_shape = [&](const TttStep& st, const std::vector<int64_t>& rows, uint32_t s) {
+    const bool range = rows.back() - rows.front() + 1 == int64_t(rows.size());
+    return TttStepShape{int64_t(st.rows.size()), int64_t(rows.size()), int64_t(st.width), range ? rows.front() : -1,
+                        st.update, o.base && s > 0};
+  };
+  for (const TttBatch& batch : plan.batches)
+    for (uint32_t s = 0; s < batch.num_steps; ++s) {
+      const TttStep st = step_at(plan, batch, s);
+      runner.expect(step_shape(st, step_rows(st), s));
+    }
+
+  LapTimer t;
   for (const TttBatch& batch : plan.batches) {
-    LapTimer t;
     const int64_t B = int64_t(batch.docs.size());
-    if (!adapters || adapters->rows() != B)
+    if (!adapters || adapters->rows() != B) {
       adapters = std::make_unique<BatchAdapters>(sites, B, o.lora_rank, param_type, device);
+      runner.bind(adapters.get(), &adam);
+    }
     adapters->reset(o.seed, std::vector<uint64_t>(batch.docs.begin(), batch.docs.end()));
     adam.reset(adapters->params());
     ++r.batches;
     for (uint32_t s = 0; s < batch.num_steps; ++s) {
       const TttStep st = step_at(plan, batch, s);
-      std::vector<int64_t> active;
-      for (size_t b = 0; b < st.rows.size(); ++b)
-        if (st.rows[b]) active.push_back(int64_t(b));
-      const StepTensors cpu = step_tensors(tokens, st, active);
-      const at::Tensor inputs = to_device(cpu.inputs, device), targets = to_device(cpu.targets, device);
-      ForwardOptions fo;
-      fo.precision = o.precision;
-      fo.cast = &cast;
-      fo.score_mask = to_device(cpu.mask, device);
-      fo.positions = find_score_positions(cpu.mask, device);
-      LoraSet lora = adapters->views(active);
-      fo.lora = &lora;
+      const std::vector<int64_t> rows = step_rows(st);
+      const TttStepInputs in = step_inputs(tokens, st, rows, weight_type);
+      const TttStepShape shape = step_shape(st, rows, s);
       r.host_prepare += t.lap();
-      at::Tensor nll;  // [active rows, width]: NLL at the scored positions, 0 elsewhere
-      {
-        c10::AutoGradMode grad(st.update);  // the graph is kept only when a step follows
-        nll = forward_nll(w, inputs, targets, fo);
-      }
+      const TttStepScores sc = runner.run(shape, in);
       // Score first: these values are final before the adapters move (the
-      // update below runs after them on the GPU's stream); read back later.
-      Pending p{st, active, HostCopy(nll.detach()), HostCopy()};
-      if (o.base && s == 0) {
-        p.base_is_nll = true;  // fresh adapters (B = 0) add exactly zero
-      } else if (o.base) {
-        // Same grad mode as the TTT forward (nothing requires grad here).
-        c10::AutoGradMode grad(st.update);
-        ForwardOptions plain = fo;
-        plain.lora = nullptr;
-        p.base = HostCopy(forward_nll(w, inputs, targets, plain));
-      }
-      pending.push_back(std::move(p));
-      r.host_forward += t.lap();
+      // update ran after them on the GPU's stream); read back later.
+      pending.push_back(Pending{st, rows, HostCopy(sc.nll), sc.base.defined() ? HostCopy(sc.base) : HostCopy(),
+                                o.base && s == 0});
       ++r.steps;
-      r.tokens_in += active.size() * st.width;
-      if (st.update) {
-        std::vector<int64_t> rows;  // positions in `active` of the rows with a next chunk
-        for (size_t k = 0; k < active.size(); ++k)
-          if (!st.rows[size_t(active[k])]->last) rows.push_back(int64_t(k));
-        const at::Tensor train_rows = to_device(at::tensor(rows, at::kLong), device);
-        for (uint32_t g = 0; g < o.grad_steps; ++g) {
-          c10::AutoGradMode grad(true);
-          if (g > 0) {  // more steps on the same window (TTT_GRAD_STEPS)
-            lora = adapters->views(active);
-            nll = forward_nll(w, inputs, targets, fo);
-          }
-          train_loss(nll, train_rows, st, o.chunk).backward();
-          nll = at::Tensor();  // frees the graph's activations before the update
-          r.host_backward += t.lap();
-          at::Tensor& prm = adapters->params();
-          adam.step(prm, prm.grad());
-          prm.mutable_grad().reset();
-          r.host_update += t.lap();
-          ++r.updates;
-        }
-      }
+      r.updates += st.update ? o.grad_steps : 0;
+      r.tokens_in += rows.size() * st.width;
+      t.lap();  // the step's own parts are in runner.seconds()
       read_back(4);
       r.host_read_back += t.lap();
     }
   }
   read_back(0);
+  r.host_read_back += t.lap();
+  r.host_forward = runner.seconds().forward;
+  r.host_backward = runner.seconds().backward;
+  r.host_update = runner.seconds().update;
+  r.host_replay = runner.seconds().replay;
+  r.graph_replays = runner.replays();
+  r.graph_captures = runner.captures();
   r.totals_from_docs();
   return r;
 }

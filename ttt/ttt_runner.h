@@ -13,8 +13,9 @@
 // Both sum the scored NLL and bytes in float64; the training loss is the sum
 // over the rows that have a next chunk of each row's mean NLL over the step's
 // C train columns (the reference multiplies the other rows' means by 0).
-// Unlike the reference, rows whose document is finished are not forwarded
-// (they only ever produced discarded padding scores).
+// Unlike the reference, a step forwards only its active rows and, up to a
+// power of two of rows, some finished ones as padding (the reference forwards
+// every row; finished rows only ever produce discarded scores).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -52,6 +53,7 @@ struct TttOptions {
   uint16_t bos_id = 1;
   bool base = true;             // also score the same targets without TTT
   bool record_targets = false;  // fill TttResult::target_* (tests, --audit)
+  bool cuda_graphs = true;      // replay repeated step shapes from CUDA graphs (ttt/ttt_step.h)
   std::function<void(uint64_t done, uint64_t total)> progress;  // targets scored so far, to score
 
   // The reference recipes: "lora-0317" (rank 8 on q, v, head; C 256, L 1024;
@@ -82,7 +84,10 @@ struct TttResult {
   // goes: the GPU runs behind the host, so a phase that waits on it shows
   // here too): building step inputs, forwards (TTT and base), backward,
   // optimizer, reading scores back.
-  double host_prepare = 0, host_forward = 0, host_backward = 0, host_update = 0, host_read_back = 0;
+  // With CUDA graphs a step's forward, backward and update are one replay.
+  double host_prepare = 0, host_forward = 0, host_backward = 0, host_update = 0, host_replay = 0,
+         host_read_back = 0;
+  int64_t graph_replays = 0, graph_captures = 0;  // steps replayed from a CUDA graph; graphs captured
   // Per document (TttPlan::docs index; the dump hook's per-document arrays).
   std::vector<DocumentTotals> docs, base_docs;
   std::vector<TttChunkTotals> chunks;

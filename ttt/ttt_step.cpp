@@ -1,0 +1,177 @@
+#include "ttt/ttt_step.h"
+
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "data/lap_timer.h"
+#include "model/pch.h"
+#include "ttt/adam.h"
+#include "ttt/lora_adapters.h"
+
+#if PGOLF_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace pgolf {
+
+namespace {
+
+// Graphs kept at most (each new shape past this runs eagerly): their memory
+// comes from one pool, so this bounds launches kept, not memory.
+constexpr size_t kMaxGraphs = 32;
+
+}  // namespace
+
+struct TttStepRunner::Scored {
+  at::Tensor mask;  // [rows, width] bool on the device: the last `chunk` columns
+  ScorePositions positions;
+};
+
+#if PGOLF_WITH_CUDA
+struct TttStepRunner::Graph {
+  at::cuda::CUDAGraph graph;
+  Buffers in;           // what the graph reads
+  TttStepScores out;    // what it writes
+};
+#else
+struct TttStepRunner::Graph {};
+#endif
+
+TttStepRunner::TttStepRunner(const GptWeights& w, const CastWeights& cast, Precision precision, uint32_t chunk,
+                             uint32_t grad_steps, bool graphs)
+    : w_(w),
+      cast_(cast),
+      precision_(precision),
+      chunk_(chunk),
+      grad_steps_(grad_steps),
+      device_(w.get("tok_emb.weight").device()) {
+  graphs_ = graphs && device_.is_cuda() && grad_steps == 1;
+}
+
+TttStepRunner::~TttStepRunner() = default;
+
+void TttStepRunner::bind(BatchAdapters* adapters, FlatAdam* adam) {
+  if (adapters != adapters_ || adam != adam_) graph_.clear();
+  adapters_ = adapters;
+  adam_ = adam;
+}
+
+const TttStepRunner::Scored& TttStepRunner::scored(int64_t rows, int64_t width) {
+  std::unique_ptr<Scored>& s = scored_[{rows, width}];
+  if (!s) {
+    at::Tensor mask = at::zeros({rows, width}, at::kBool);
+    mask.narrow(1, width - std::min<int64_t>(chunk_, width), std::min<int64_t>(chunk_, width)).fill_(true);
+    s = std::make_unique<Scored>();
+    s->mask = to_device(mask, device_);
+    s->positions = find_score_positions(mask, device_);
+  }
+  return *s;
+}
+
+TttStepScores TttStepRunner::step(const TttStepShape& sh, const Buffers& b, bool timed) {
+  // Shapes: inputs, targets [R, W]; the loss reads each row's last C columns.
+  LapTimer t;
+  const Scored& sc = scored(sh.rows, sh.width);
+  ForwardOptions fo;
+  fo.precision = precision_;
+  fo.cast = &cast_;
+  fo.score_mask = sc.mask;
+  fo.positions = sc.positions;
+  fo.flash_backward = true;
+  auto adapters = [&] {
+    if (sh.first_row == 0 && sh.rows == adapters_->rows()) return adapters_->views();  // no narrow to differentiate
+    return sh.first_row >= 0 ? adapters_->views(sh.first_row, sh.rows) : adapters_->views(b.adapter_rows);
+  };
+  LoraSet lora = adapters();
+  fo.lora = &lora;
+  TttStepScores out;
+  at::Tensor nll;
+  {
+    c10::AutoGradMode grad(sh.update);  // the graph is kept only when an update follows
+    nll = forward_nll(w_, b.inputs, b.targets, fo);
+  }
+  out.nll = nll.detach();
+  if (sh.base) {
+    c10::NoGradGuard no_grad;
+    ForwardOptions plain = fo;
+    plain.lora = nullptr;
+    out.base = forward_nll(w_, b.inputs, b.targets, plain);
+  }
+  if (timed) seconds_.forward += t.lap();
+  if (!sh.update) return out;
+  const int64_t C = std::min<int64_t>(chunk_, sh.width);
+  for (uint32_t g = 0; g < grad_steps_; ++g) {
+    c10::AutoGradMode grad(true);
+    if (g > 0) {  // more steps on the same window (TTT_GRAD_STEPS)
+      adam_->prepare();
+      lora = adapters();
+      nll = forward_nll(w_, b.inputs, b.targets, fo);
+    }
+    // The sum over trained rows of each row's mean NLL over its chunk; the
+    // other rows weigh 0, so their adapters get exactly zero gradient.
+    adapters_->zero_grad();
+    (nll.narrow(1, sh.width - C, C).mean(1) * b.train_weight).sum().backward();
+    nll = at::Tensor();  // frees the graph's activations before the update
+    if (timed) seconds_.backward += t.lap();
+    adam_->apply(adapters_->params(), adapters_->grad());
+    if (timed) seconds_.update += t.lap();
+  }
+  return out;
+}
+
+TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
+  if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::run before bind");
+  if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it
+  auto upload = [&](Buffers& b) {
+    b.inputs = to_device(in.inputs, device_);
+    b.targets = to_device(in.targets, device_);
+    b.adapter_rows = to_device(in.adapter_rows, device_);
+    b.train_weight = to_device(in.train_weight, device_);
+  };
+  auto it = graph_.find(sh);
+  const bool warm = warm_ && (warm_update_ || !sh.update);
+  if (it == graph_.end() && (!graphs_ || !warm || expected_[sh] < 2 || graph_.size() >= kMaxGraphs)) {
+    Buffers b;
+    upload(b);
+    warm_ = true;
+    warm_update_ |= sh.update;
+    return step(sh, b, /*timed=*/true);
+  }
+#if PGOLF_WITH_CUDA
+  LapTimer t;
+  if (it == graph_.end()) {
+    // Capture this shape's step. Nothing runs during a capture, so the step
+    // still has to be replayed below. One memory pool for all the graphs
+    // (the first one's): their replays never overlap (one stream) and each
+    // keeps its outputs alive.
+    auto g = std::make_unique<Graph>();
+    upload(g->in);
+    scored(sh.rows, sh.width);  // its host-to-device copies must not be captured
+    if (graph_.empty())
+      g->graph.capture_begin();
+    else
+      g->graph.capture_begin(graph_.begin()->second->graph.pool());
+    g->out = step(sh, g->in, /*timed=*/false);
+    g->graph.capture_end();
+    it = graph_.emplace(sh, std::move(g)).first;
+    ++captures_;
+  } else {
+    Graph& g = *it->second;
+    g.in.inputs.copy_(in.inputs.pin_memory(), /*non_blocking=*/true);
+    g.in.targets.copy_(in.targets.pin_memory(), /*non_blocking=*/true);
+    g.in.adapter_rows.copy_(in.adapter_rows.pin_memory(), /*non_blocking=*/true);
+    g.in.train_weight.copy_(in.train_weight.pin_memory(), /*non_blocking=*/true);
+  }
+  it->second->graph.replay();
+  ++replays_;
+  seconds_.replay += t.lap();
+  return it->second->out;
+#else
+  throw std::logic_error("TttStepRunner: graphs need a CUDA build");
+#endif
+}
+
+}  // namespace pgolf
