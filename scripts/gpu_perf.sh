@@ -48,6 +48,11 @@ for s in ${TTT_SEEDS:-}; do  # TTT_SEEDS="1 2": more seeds (the noise floor of t
   "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed "$s" --json --quiet \
     >"$O/ttt_seed$s.json" 2>"$O/ttt_seed$s.log" || tail -20 "$O/ttt_seed$s.log"
 done
+if [ "${VARLEN_DOCS:-0}" -gt 0 ]; then  # varlen-0410's speed on a frontier-shaped model (random weights)
+  "$P" init --preset frontier --set vocab_size=8192 --out /tmp/frontier.h5 >/dev/null
+  timeout 150 "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 --no-base \
+    --max-docs "$VARLEN_DOCS" --json --quiet >"$O/ttt_varlen.json" 2>"$O/ttt_varlen.log" || tail -5 "$O/ttt_varlen.log"
+fi
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-cuda-graphs --json --quiet \
   >"$O/ttt_nograph.json" 2>"$O/ttt_nograph.log" || tail -20 "$O/ttt_nograph.log"
 if [ "${PROFILE:-1}" = 1 ]; then
@@ -84,6 +89,7 @@ echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targe
 for s in ${TTT_SEEDS:-}; do
   echo "| ttt lora-0317 seed $s | $(j "$O/ttt_seed$s.json" bpb bpb_base gain gain_stderr seconds ttt_seconds) |"
 done
+echo "| ttt varlen-0410 frontier (docs targets s tok/s steps replays captures) | $(j "$O/ttt_varlen.json" docs targets ttt_seconds targets_per_second steps graph_replays graph_captures) |"
 echo "| ttt lora-0317 --no-cuda-graphs | $(j "$O/ttt_nograph.json" bpb bpb_base seconds ttt_seconds targets_per_second host_seconds) |"
 echo "| ttt lora-0317 --no-base | $(j "$O/ttt_nobase.json" bpb seconds ttt_seconds targets_per_second host_seconds) |"
 echo "| eval standard (bpb s tok/s replays) | $(j "$O/eval_std.json" bpb eval_seconds targets_per_second graph_replays host_seconds) |"
