@@ -380,21 +380,32 @@ TEST_F(Cuda, StreamingEvalMatchesFloat64AndTheChunkDoesNotMatter) {
   EXPECT_LT(std::abs(got[2] - got[1]), 5e-4) << "chunk 7 vs 32";
 }
 
+// Small bf16 TTT runs on WideModel: rank 4, chunks of 16.
+TttOptions small_ttt_options(uint32_t context, uint32_t batch_docs) {
+  TttOptions o;
+  o.lora_rank = 4;
+  o.chunk = 16;
+  o.context = context;
+  o.batch_docs = batch_docs;
+  o.precision = Precision::BF16;
+  return o;
+}
+
+void expect_same_scores(const TttResult& a, const TttResult& b) {
+  EXPECT_EQ(a.nll_sum, b.nll_sum);
+  EXPECT_EQ(a.base_nll_sum, b.base_nll_sum);
+  ASSERT_EQ(a.docs.size(), b.docs.size());
+  for (size_t i = 0; i < a.docs.size(); ++i) EXPECT_EQ(a.docs[i].nll, b.docs[i].nll) << "document " << i;
+}
+
 // The TTT issue: deterministic for a fixed seed on the same GPU (the backward
 // kernels use no atomics), and a different seed moves the result.
 TEST_F(Cuda, TttIsDeterministicForASeed) {
   WideModel m;
-  TttOptions o;
-  o.lora_rank = 4;
-  o.chunk = 16;
-  o.context = 64;
-  o.batch_docs = 5;
-  o.precision = Precision::BF16;
+  TttOptions o = small_ttt_options(64, 5);
   o.seed = 7;
-  const TttResult a = run_ttt(m.w, m.tok, m.bc, o), b = run_ttt(m.w, m.tok, m.bc, o);
-  EXPECT_EQ(a.nll_sum, b.nll_sum);
-  ASSERT_EQ(a.docs.size(), b.docs.size());
-  for (size_t i = 0; i < a.docs.size(); ++i) EXPECT_EQ(a.docs[i].nll, b.docs[i].nll) << "document " << i;
+  const TttResult a = run_ttt(m.w, m.tok, m.bc, o);
+  expect_same_scores(a, run_ttt(m.w, m.tok, m.bc, o));
   o.seed = 8;
   EXPECT_NE(run_ttt(m.w, m.tok, m.bc, o).nll_sum, a.nll_sum);
 }
@@ -404,12 +415,7 @@ TEST_F(Cuda, TttIsDeterministicForASeed) {
 // a batch size change (new adapters) between them.
 TEST_F(Cuda, TttCudaGraphsGiveTheEagerNumbers) {
   WideModel m;
-  TttOptions o;
-  o.lora_rank = 4;
-  o.chunk = 16;
-  o.context = 48;
-  o.batch_docs = 4;
-  o.precision = Precision::BF16;
+  TttOptions o = small_ttt_options(48, 4);
   for (bool base : {true, false}) {
     o.base = base;
     o.cuda_graphs = false;
@@ -418,10 +424,7 @@ TEST_F(Cuda, TttCudaGraphsGiveTheEagerNumbers) {
     const TttResult graphs = run_ttt(m.w, m.tok, m.bc, o);
     EXPECT_EQ(eager.graph_replays, 0);
     EXPECT_GT(graphs.graph_replays, int64_t(graphs.steps / 2)) << "captures " << graphs.graph_captures;
-    EXPECT_EQ(graphs.nll_sum, eager.nll_sum);
-    EXPECT_EQ(graphs.base_nll_sum, eager.base_nll_sum);
-    ASSERT_EQ(graphs.docs.size(), eager.docs.size());
-    for (size_t i = 0; i < eager.docs.size(); ++i) EXPECT_EQ(graphs.docs[i].nll, eager.docs[i].nll) << "document " << i;
+    expect_same_scores(graphs, eager);
   }
 }
 
