@@ -53,7 +53,9 @@ struct TttStepInputs {
 
 // A step's NLL [rows, width] (float32; float64 under F64) on the device, at
 // every row's last `chunk` columns (0 elsewhere); base: without adapters
-// (undefined unless the shape asks). The caller's to keep.
+// (undefined unless the shape asks). From a replay these are the graph's own
+// buffers, and graphs share one memory pool: copy them out (HostCopy) before
+// the next run().
 struct TttStepScores {
   at::Tensor nll, base;
 };
