@@ -452,8 +452,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
     // Sequence starts for varlen attention: each row, and each segment change within a row.
     at::Tensor starts = at::zeros({B, T}, inputs.options().dtype(at::kBool));
     starts.select(1, 0).fill_(true);
-    if (opt.segment_ids.defined())
-      starts.narrow(1, 1, T - 1).copy_(opt.segment_ids.narrow(1, 1, T - 1) != opt.segment_ids.narrow(1, 0, T - 1));
+    starts.narrow(1, 1, T - 1).copy_(opt.segment_ids.narrow(1, 1, T - 1) != opt.segment_ids.narrow(1, 0, T - 1));
     at::Tensor pos = starts.reshape({-1}).nonzero().squeeze(1);
     at::Tensor cu = at::cat({pos, at::full({1}, B * T, pos.options())}).to(at::kInt);
     c.cu_seqlens = cu;

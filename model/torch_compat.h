@@ -87,19 +87,8 @@ inline at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& 
                                           /*window_size_right=*/int64_t(0));
   return std::get<0>(out);
 }
-// Dense batch: q [B, Q, H, hd], k/v [B, T, KV, hd] with Q <= T (the queries
-// are the last Q positions: flash aligns the causal mask bottom-right; KV
-// divides H: grouped heads without copying k/v), causal with the same window
-// rule -> [B, Q, H, hd].
-inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                       int64_t window_left) {
-  auto out = at::_flash_attention_forward(q, k, v, std::nullopt, std::nullopt, q.size(1), k.size(1), /*dropout_p=*/0.0,
-                                          /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
-                                          /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
-  return std::get<0>(out);
-}
-// The same attention for autograd (fused::flash_attention's Function): the
-// forward keeps what the backward reads; the backward runs flash's
+// Dense flash attention for autograd (fused::flash_attention's Function;
+// shapes as dense_flash_attention below): the forward keeps what the backward reads; the backward runs flash's
 // deterministic kernels (no atomics in dq). ATen decides determinism from the
 // global flag inside the call, so the flag is set for that call only.
 struct FlashForward {
@@ -111,6 +100,14 @@ inline FlashForward dense_flash_attention_saved(const at::Tensor& q, const at::T
                                         /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
                                         /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
+// Dense batch: q [B, Q, H, hd], k/v [B, T, KV, hd] with Q <= T (the queries
+// are the last Q positions: flash aligns the causal mask bottom-right; KV
+// divides H: grouped heads without copying k/v), causal with the same window
+// rule -> [B, Q, H, hd].
+inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       int64_t window_left) {
+  return dense_flash_attention_saved(q, k, v, window_left).out;
 }
 // -> dq, dk, dv (dk, dv summed over each KV head's query heads).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_backward(

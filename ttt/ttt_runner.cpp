@@ -1,7 +1,5 @@
 #include "ttt/ttt_runner.h"
 
-#include <c10/core/GradMode.h>
-
 #include <algorithm>
 #include <cmath>
 #include <deque>
@@ -280,7 +278,6 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   FlatAdam adam(AdamConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.adamw});
   std::unique_ptr<BatchAdapters> adapters;  // reused while the batch size stays
   const CastWeights cast = cast_matrix_weights(w, o.precision);  // the base is frozen: cast once
-  const at::ScalarType weight_type = o.precision == Precision::F64 ? at::kDouble : at::kFloat;
 #if PGOLF_WITH_CUDA
   // Every step on one side stream: CUDA graphs cannot capture the legacy
   // default stream, and a shape's eager first step warms up what its capture
@@ -346,7 +343,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     for (uint32_t s = 0; s < batch.num_steps; ++s) {
       const TttStep st = step_at(plan, batch, s);
       const std::vector<int64_t> rows = step_rows(st);
-      const TttStepInputs in = step_inputs(tokens, st, rows, weight_type);
+      const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
       const TttStepShape shape = step_shape(st, rows, s);
       r.host_prepare += t.lap();
       const TttStepScores sc = runner.run(shape, in);

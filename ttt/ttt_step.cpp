@@ -12,7 +12,6 @@
 
 #if PGOLF_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
 #endif
 
 namespace pgolf {
@@ -33,7 +32,7 @@ struct TttStepRunner::Scored {
 #if PGOLF_WITH_CUDA
 struct TttStepRunner::Graph {
   at::cuda::CUDAGraph graph;
-  Buffers in;           // what the graph reads
+  TttStepInputs in;     // what the graph reads, on the device
   TttStepScores out;    // what it writes
 };
 #else
@@ -71,7 +70,7 @@ const TttStepRunner::Scored& TttStepRunner::scored(int64_t rows, int64_t width) 
   return *s;
 }
 
-TttStepScores TttStepRunner::step(const TttStepShape& sh, const Buffers& b, bool timed) {
+TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b, bool timed) {
   // Shapes: inputs, targets [R, W]; the loss reads each row's last C columns.
   LapTimer t;
   const Scored& sc = scored(sh.rows, sh.width);
@@ -125,7 +124,7 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const Buffers& b, bool
 TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
   if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::run before bind");
   if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it
-  auto upload = [&](Buffers& b) {
+  auto upload = [&](TttStepInputs& b) {
     b.inputs = to_device(in.inputs, device_);
     b.targets = to_device(in.targets, device_);
     b.adapter_rows = to_device(in.adapter_rows, device_);
@@ -134,7 +133,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   auto it = graph_.find(sh);
   const bool warm = warm_ && (warm_update_ || !sh.update);
   if (it == graph_.end() && (!graphs_ || !warm || expected_[sh] < 2 || graph_.size() >= kMaxGraphs)) {
-    Buffers b;
+    TttStepInputs b;
     upload(b);
     warm_ = true;
     warm_update_ |= sh.update;

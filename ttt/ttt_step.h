@@ -90,11 +90,8 @@ class TttStepRunner {
  private:
   struct Scored;  // a (rows, width)'s score mask and positions
   struct Graph;
-  struct Buffers {
-    at::Tensor inputs, targets, adapter_rows, train_weight;  // on the device
-  };
   const Scored& scored(int64_t rows, int64_t width);
-  TttStepScores step(const TttStepShape& shape, const Buffers& b, bool timed);
+  TttStepScores step(const TttStepShape& shape, const TttStepInputs& b, bool timed);  // b on the device
 
   const GptWeights& w_;
   const CastWeights& cast_;
