@@ -186,6 +186,7 @@ void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
     std::printf("%-26s %10.3g %9.3f %9.1f\n", name, err, ms, flops / ms / 1e9);
   };
   row("flash (GQA, [B,T,H,hd])", [&] { return compat::dense_flash_attention(q, k, v, -1); });
+  row("fused::causal_attention", [&] { return fused::causal_attention(q, k, v); });  // what evaluation runs
   if (compat::has_cudnn_attention) {
     const at::Tensor qh = q.transpose(1, 2), kh = expand(k).transpose(1, 2), vh = expand(v).transpose(1, 2);
     row("cudnn (k/v expanded)", [&] { return compat::cudnn_causal_attention(qh, kh, vh).transpose(1, 2); });

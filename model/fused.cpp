@@ -4,6 +4,7 @@
 
 #include "model/pch.h"
 #if PGOLF_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "model/fused_cuda.h"
@@ -241,6 +242,17 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   if (records_grad({q, k, v})) return FlashAttentionFn::apply(q, k, v, window_left);
 #endif
   return compat::dense_flash_attention(q, k, v, window_left);
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#if PGOLF_WITH_CUDA
+  const int64_t hd = q.size(3);
+  if (compat::has_cudnn_attention && q.is_cuda() && at::cuda::getDeviceProperties(q.get_device())->major >= 9 &&
+      q.size(1) == k.size(1) && hd % 8 == 0 && hd <= 128 &&
+      !records_grad({q, k, v}))
+    return compat::cudnn_causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
+#endif
+  return flash_attention(q, k, v, -1);
 }
 
 at::Tensor rms_norm(const at::Tensor& x, double factor, double eps, at::ScalarType act, at::ScalarType math) {

@@ -81,4 +81,11 @@ at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const 
 // shape, tens of milliseconds each, and TTT's shapes change every step).
 at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left);
 
+// Whole-window causal attention for inference (no gradient), with the shapes
+// of flash_attention and Q = T, all keys: cuDNN's fused kernels where they
+// are faster (Hopper and newer: bench/fused_check times both), else flash.
+// Not for TTT: cuDNN builds a plan per new shape and a CUDA graph capture
+// must not be the first to run one.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
 }  // namespace pgolf::fused

@@ -155,7 +155,11 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   } else if (flash && (c.flash_backward || !(c10::GradMode::is_enabled() &&
                                               (q.requires_grad() || k.requires_grad() || v.requires_grad())))) {
     // Causal mask aligned bottom-right: the queries are the last of the keys.
-    y = fused::flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
+    // Evaluation's whole windows take cuDNN where faster; TTT stays on flash.
+    if (!c.flash_backward && window_left < 0 && Q == keys.size(1))
+      y = fused::causal_attention(q, keys, values);
+    else
+      y = fused::flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
   } else if (flash && window == 0 && compat::has_fused_causal_attention) {
     // Training: SDPA, whose backward is known to work with every libtorch here.
     TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache under autograd");
@@ -226,21 +230,21 @@ at::Tensor add_skip(const Ctx& c, int j, const at::Tensor& x, const at::Tensor& 
   return c.store(sk + g * (c.up(x) - sk));
 }
 
-// The "head" adapter's (x A_b^T) B_b^T at the positions of `mask` [B, T] (all
-// when undefined), in row-major order: [n, V] act; undefined without one.
-// x [B, T, E] is the head's input. Batched: bmm over [B, T', E] with T' the
-// columns holding a scored position, in row groups of bounded size.
-at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const ScorePositions& pos) {
+// The "head" adapter's (x A_b^T) B_b^T at the positions `pos` (all of x's
+// when null), in row-major order: [n, V] act; undefined without one. x
+// [B, T, E] is the head's input.
+at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const ScorePositions* pos) {
   const LoraAdapter* a = c.adapter("head");
   if (!a) return {};
   // x [B, T, E] -> xa [B, T, r] -> the scored positions in per-row slots
   // [B, R, r] -> delta [B, R, V] -> [n, V] in row-major order.
-  const int64_t B = x.size(0), T = x.size(1), R = pos.max_per_row, V = a->B.size(1);
+  const int64_t B = x.size(0), T = x.size(1), R = pos ? pos->max_per_row : T, V = a->B.size(1);
   if (R == 0) return at::zeros({0, V}, x.options().dtype(c.act));
   at::Tensor xa = at::bmm(c.store(x), a->A.to(c.act).transpose(1, 2));
-  xa = xa.reshape({B * T, xa.size(2)}).index_select(0, pos.slot_src).view({B, R, -1});
+  if (!pos) return at::bmm(xa, a->B.to(c.act).transpose(1, 2)).reshape({B * T, V});
+  xa = xa.reshape({B * T, xa.size(2)}).index_select(0, pos->slot_src).view({B, R, -1});
   const at::Tensor d = at::bmm(xa, a->B.to(c.act).transpose(1, 2));
-  return d.reshape({B * R, V}).index_select(0, pos.slot_of);
+  return d.reshape({B * R, V}).index_select(0, pos->slot_of);
 }
 
 at::Tensor orthogonal(const std::vector<int64_t>& shape, at::Generator& gen) {
@@ -273,6 +277,7 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
     if (pm[i]) rows.push_back(i), ++counts[size_t(i / T)], first_col = std::min(first_col, i % T);
   ScorePositions p;
   p.first_col = first_col;
+  p.suffix = first_col < T && int64_t(rows.size()) == B * (T - first_col);
   auto dev = [&](const std::vector<int64_t>& v) { return to_device(at::tensor(v, at::kLong), device); };
   p.rows = dev(rows);
   if (!slots) return p;
@@ -294,7 +299,7 @@ ScorePositions find_score_positions(const at::Tensor& mask, const at::Device& de
 
 int64_t last_step_queries(const GptWeights& w, const ForwardOptions& opt, const ScorePositions& pos, int64_t T) {
   const ModelConfig& cfg = w.config;
-  if (!opt.trim_last_step || !opt.score_mask.defined() || opt.lora || opt.linear_input_tap || opt.kv ||
+  if (!opt.trim_last_step || !opt.score_mask.defined() || (opt.lora && !pos.suffix) || opt.linear_input_tap || opt.kv ||
       opt.segment_ids.defined() || pos.first_col <= 0 || pos.first_col >= T)
     return T;
   const std::vector<int> seq = cfg.layer_sequence(opt.looping);
@@ -465,9 +470,8 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   // The scored positions: the caller's, else found here (a wait for the GPU).
   ScorePositions pos = opt.positions;
   const bool head_adapter = opt.lora && opt.lora->adapters.count("head");
-  if ((opt.score_mask.defined() && !pos.rows.defined()) || (head_adapter && !pos.slot_src.defined()))
-    pos = find_score_positions(opt.score_mask.defined() ? opt.score_mask.to(at::kCPU) : at::ones({B, T}, at::kBool),
-                               inputs.device());
+  if (opt.score_mask.defined() && (!pos.rows.defined() || (head_adapter && !pos.suffix && !pos.slot_src.defined())))
+    pos = find_score_positions(opt.score_mask.to(at::kCPU), inputs.device());
   const std::vector<int> seq = cfg.layer_sequence(opt.looping);
   const int64_t Q = last_step_queries(w, opt, pos, T);
 
@@ -515,10 +519,14 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   if (cfg.embed_dim() != d) x = c.linear(x, "head_proj.weight");
 
   // The head and the loss only where scored, a bounded number of rows at a time.
-  at::Tensor h = x.reshape({B * Q, x.size(-1)});
-  at::Tensor tgt = targets.narrow(1, T - Q, Q).reshape({-1});
+  // A scored suffix (TTT's rows, most sliding batches) needs no gathers: its
+  // positions are the last Qs columns, row-major.
+  const int64_t Qs = opt.score_mask.defined() && pos.suffix ? T - pos.first_col : 0;
+  if (Qs > 0) x = last_positions(x, 1, Qs);
+  at::Tensor h = x.reshape({-1, x.size(-1)});
+  at::Tensor tgt = targets.narrow(1, T - x.size(1), x.size(1)).reshape({-1});
   at::Tensor rows;
-  if (opt.score_mask.defined()) {
+  if (opt.score_mask.defined() && Qs == 0) {
     rows = pos.rows;
     // Flat positions b * T + t in the [B, Q] suffix: b * Q + t - (T - Q).
     const at::Tensor rq = Q < T ? rows.div(T, "floor") * Q + rows.remainder(T) - (T - Q) : rows;
@@ -529,7 +537,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   if (*c.tap) (*c.tap)(head_name, h);
   const at::Tensor head = c.mm_weight(head_name);
   // Per-row head adapter: its delta at the scored positions, [n, V] act.
-  const at::Tensor head_delta = head_lora_delta(c, x, pos);
+  const at::Tensor head_delta = head_lora_delta(c, x, Qs > 0 || !opt.score_mask.defined() ? nullptr : &pos);
   // Logit rows per head matmul: under the allocator's mmap threshold on the CPU, large on the GPU.
   const int64_t chunk_bytes = h.is_cuda() ? (int64_t(1) << 30) : (int64_t(16) << 20);
   const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (4 * int64_t(cfg.vocab_size)));
@@ -541,6 +549,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
     parts.push_back(fused::softcap_nll(logits, delta, tgt.narrow(0, r, n), cfg.logit_softcap, c.math));
   }
   at::Tensor nll = parts.empty() ? at::zeros({0}, h.options().dtype(math)) : parts.size() == 1 ? parts[0] : at::cat(parts);
+  if (Qs > 0) return Qs == T ? nll.view({B, T}) : at::constant_pad_nd(nll.view({B, Qs}), {T - Qs, 0}, 0.0);
   if (!rows.defined()) return nll.view({B, T});
   return at::zeros({B * T}, nll.options()).index_copy_(0, rows, nll).view({B, T});
 }

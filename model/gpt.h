@@ -86,6 +86,7 @@ std::string lora_key(int step, const std::string& site);
 struct ScorePositions {
   at::Tensor rows;
   int64_t first_col = 0;  // the smallest column t holding a scored position (T when none)
+  bool suffix = false;    // every row scores exactly its columns [first_col, T)
   int64_t max_per_row = 0;
   at::Tensor slot_src, slot_of;
 };

@@ -50,7 +50,7 @@ for s in ${TTT_SEEDS:-}; do  # TTT_SEEDS="1 2": more seeds (the noise floor of t
 done
 if [ "${VARLEN_DOCS:-0}" -gt 0 ]; then  # varlen-0410's speed on a frontier-shaped model (random weights)
   "$P" init --preset frontier --set vocab_size=8192 --out /tmp/frontier.h5 >/dev/null
-  timeout 150 "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 --no-base \
+  timeout "${VARLEN_TIMEOUT:-150}" "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 --no-base \
     --max-docs "$VARLEN_DOCS" --json --quiet >"$O/ttt_varlen.json" 2>"$O/ttt_varlen.log" || tail -5 "$O/ttt_varlen.log"
 fi
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-cuda-graphs --json --quiet \

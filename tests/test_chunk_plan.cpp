@@ -12,7 +12,10 @@
 #include <vector>
 
 #include "data/error.h"
+#include "data/token_stream.h"
+#include "tests/test_util.h"
 #include "ttt/chunk_plan.h"
+#include "ttt/step_shapes.h"
 
 namespace pgolf {
 namespace {
@@ -185,6 +188,102 @@ TEST(ChunkPlan, StepRowsPaddingAndUpdates) {
   EXPECT_FALSE(s2.update);  // the last step only scores
   EXPECT_EQ(s2.rows[1]->num_targets(), 1u);
   EXPECT_THROW(step_at(p, b, 3), Error);
+}
+
+// Documents with these target counts, in stream order (each BOS-led, 7s after).
+Tokens stream_of(std::initializer_list<int> targets) {
+  Tokens t;
+  for (int n : targets) {
+    t.push_back(B);
+    for (int i = 1; i < n; ++i) t.push_back(7);
+  }
+  t.push_back(9);
+  return t;
+}
+
+using Shape = TttStepShape;
+
+TEST(StepShapes, ShortBatchIsPaddedInFrontAndLastStepTrainsAsItsTwin) {
+  // C 4, L 8, B 2: documents of 4, 4 and 9 targets (1, 1 and 3 chunks).
+  const TttPlan p = plan_of(stream_of({4, 9, 4}), 4, 8, 2);
+  ASSERT_EQ(p.batches.size(), 2u);
+  EXPECT_EQ(ttt_batch_rows(p), 2);
+  const TttStep s0 = ttt_padded_step(p, p.batches[1], 0, 2);
+  ASSERT_EQ(s0.rows.size(), 2u);
+  EXPECT_FALSE(s0.rows[0].has_value());  // the added row: finished from the start
+  EXPECT_EQ(s0.rows[1]->doc, 1u);
+  EXPECT_EQ(ttt_step_rows(s0, 1), (std::vector<int64_t>{1}));
+  EXPECT_EQ(ttt_step_rows(s0, 2), (std::vector<int64_t>{0, 1}));
+  const auto shapes = ttt_step_shapes(p, true);
+  ASSERT_EQ(shapes.size(), 2u);
+  // {batch rows, rows, width, first row, update, base}
+  EXPECT_EQ(shapes[0], (std::vector<Shape>{{2, 2, 4, 0, false, false}}));
+  // The last step (width 8, no update in the plan) runs as step 1's shape.
+  EXPECT_EQ(shapes[1], (std::vector<Shape>{{2, 1, 4, 1, true, false}, {2, 1, 8, 1, true, true}, {2, 1, 8, 1, true, true}}));
+  EXPECT_FALSE(step_at(p, p.batches[1], 2).update);  // the plan itself is unchanged
+}
+
+TEST(StepShapes, OnceOnlyShapeRunsAsTheSmallestRepeatingOneThatHoldsIt) {
+  // C 4, L 8, B 4: seven documents of 2 chunks, then one of 3.
+  const TttPlan p = plan_of(stream_of({8, 8, 8, 8, 8, 8, 8, 12}), 4, 8, 4);
+  ASSERT_EQ(p.batches.size(), 2u);
+  const auto shapes = ttt_step_shapes(p, true);
+  const Shape first{4, 4, 4, 0, true, false}, wide{4, 4, 8, 0, true, true};
+  EXPECT_EQ(shapes[0], (std::vector<Shape>{first, wide}));
+  // Step 2 has one active row ({4, 1, 8, 3, false, true}, once): it runs as
+  // the 4-row shape with an update, padded with finished rows.
+  EXPECT_EQ(shapes[1], (std::vector<Shape>{first, wide, wide}));
+  const TttStep s2 = ttt_padded_step(p, p.batches[1], 2, 4);
+  EXPECT_EQ(ttt_step_rows(s2, 4), (std::vector<int64_t>{0, 1, 2, 3}));
+  // Without base scores the shapes differ only in that flag.
+  for (const auto& batch : ttt_step_shapes(p, false))
+    for (const Shape& s : batch) EXPECT_FALSE(s.base);
+}
+
+// On the shared validation stream, both flavours: every step forwards its
+// active rows within its shape, and no shape that comes once has a
+// repeating one that could hold it.
+TEST(StepShapes, SharedValidationPlansKeepEveryActiveRow) {
+  TokenStream ts({test::kValShard});
+  const Tokens tok = ts.slice(0, ts.size());
+  for (const auto& [C, L, sched] : {std::tuple{256u, 1024u, TttSchedule::lora_ttt_0317()},
+                                    std::tuple{64u, 2048u, TttSchedule::varlen_0410()}}) {
+    const TttPlan p = make_ttt_plan(tok.data(), tok.size(), B, C, L, 64, 0, 1, sched);
+    const int64_t R = ttt_batch_rows(p);
+    const auto shapes = ttt_step_shapes(p, true);
+    ASSERT_EQ(shapes.size(), p.batches.size());
+    std::map<Shape, int> count;
+    for (size_t i = 0; i < p.batches.size(); ++i) {
+      ASSERT_EQ(shapes[i].size(), p.batches[i].num_steps);
+      for (uint32_t s = 0; s < p.batches[i].num_steps; ++s) {
+        const Shape& sh = shapes[i][s];
+        const TttStep st = ttt_padded_step(p, p.batches[i], s, R);
+        const std::vector<int64_t> rows = ttt_step_rows(st, sh.rows);
+        ASSERT_EQ(int64_t(rows.size()), sh.rows);
+        EXPECT_EQ(sh.batch_rows, R);
+        EXPECT_EQ(sh.width, int64_t(st.width));
+        EXPECT_EQ(sh.base, s > 0);
+        EXPECT_GE(sh.update, st.update);
+        if (sh.first_row >= 0) {
+          EXPECT_EQ(rows.front(), sh.first_row);
+        }
+        EXPECT_EQ(rows.back() - rows.front() + 1, int64_t(rows.size()));  // sorted batches: one range
+        for (int64_t b = 0; b < R; ++b)
+          if (st.rows[size_t(b)]) {
+            EXPECT_TRUE(std::binary_search(rows.begin(), rows.end(), b));
+          }
+        ++count[sh];
+      }
+    }
+    for (const auto& [sh, n] : count) {
+      if (n > 1) continue;
+      for (const auto& [c, m] : count)
+        EXPECT_FALSE(m > 1 && c.width == sh.width && c.base == sh.base && c.rows > sh.rows && c.update >= sh.update)
+            << "C " << C << ": a once-only shape of " << sh.rows << " rows could run as one of " << c.rows;
+    }
+    std::printf("C %u, L %u: %zu batches of %lld rows, %zu device shapes\n", C, L, p.batches.size(), (long long)R,
+                count.size());
+  }
 }
 
 TEST(ChunkPlan, VarlenFlavourTrimsSortsByLengthAndQueuesLongestFirst) {

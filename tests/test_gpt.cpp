@@ -344,6 +344,21 @@ TEST(GptLora, ZeroBIsANoOpAndGradientsReachTheAdapters) {
 }
 
 
+// Row b's adapters as the loop reference's matrices.
+RefLora ref_lora(const LoraSet& lora, int64_t b) {
+  RefLora rl;
+  for (const auto& [key, a] : lora.adapters) {
+    const int64_t r = a.A.size(1);
+    Mat A(size_t(r), Vec(size_t(a.A.size(2)))), Bm(size_t(a.B.size(1)), Vec(size_t(r)));
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < a.A.size(2); ++j) A[size_t(i)][size_t(j)] = a.A[b][i][j].item<double>();
+    for (int64_t o = 0; o < a.B.size(1); ++o)
+      for (int64_t i = 0; i < r; ++i) Bm[size_t(o)][size_t(i)] = a.B[b][o][i].item<double>();
+    rl.sites[key] = {A, Bm};
+  }
+  return rl;
+}
+
 // Every adapter site (q, k, v, o, o_norm, mlp per unrolled step, head) against
 // the loop reference, per row, with a score mask that leaves a row empty.
 TEST(GptLora, AllSitesMatchLoopReferencePerRow) {
@@ -379,21 +394,76 @@ TEST(GptLora, AllSitesMatchLoopReferencePerRow) {
     at::Tensor got = forward_nll(w, in, tg, opt);
     Ref ref{w, c, GptNumerics::norm_eps()};
     for (int b = 0; b < B; ++b) {
-      RefLora rl;
-      for (const auto& [key, a] : lora.adapters) {
-        Mat A(r, Vec(a.A.size(2))), Bm(a.B.size(1), Vec(r));
-        for (int i = 0; i < r; ++i)
-          for (int64_t j = 0; j < a.A.size(2); ++j) A[i][j] = a.A[b][i][j].item<double>();
-        for (int64_t o = 0; o < a.B.size(1); ++o)
-          for (int i = 0; i < r; ++i) Bm[o][i] = a.B[b][o][i].item<double>();
-        rl.sites[key] = {A, Bm};
-      }
+      const RefLora rl = ref_lora(lora, b);
       std::vector<int64_t> ids(T), tgt(T), seg(T, 0);
       for (int t = 0; t < T; ++t) { ids[t] = in[b][t].item<int64_t>(); tgt[t] = tg[b][t].item<int64_t>(); }
       Vec want = ref.nll(ids, tgt, seg, &rl);
       for (int t = 0; t < T; ++t) {
         if (mask[b][t].item<bool>()) EXPECT_NEAR(got[b][t].item<double>(), want[t], 1e-10) << "tie " << tie << " b " << b << " t " << t;
         else EXPECT_EQ(got[b][t].item<double>(), 0.0);
+      }
+    }
+  }
+}
+
+// TTT's rows score their last C columns: with adapters on every site the last
+// step then runs only there, with the loop reference's scores and the
+// untrimmed forward's adapter gradients.
+TEST(GptLora, ScoredSuffixTrimsTheLastStepWithTheSameGradients) {
+  ModelConfig frontier = tiny_frontier_config();
+  frontier.parallel_start_layer = 0;  // lanes are never trimmed
+  for (const ModelConfig& c : {tiny_config(), frontier}) {
+    GptWeights w = random_weights(c, 31);
+    const int B = 3, T = 8, r = 2, C = 3;
+    const int64_t d = c.model_dim, kv = int64_t(c.num_kv_heads) * c.head_dim();
+    at::Tensor in = at::randint(c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
+    LoraSet lora;
+    auto adapter = [&](int64_t out, int64_t in_dim) {
+      return LoraAdapter{(at::randn({B, r, in_dim}, at::kDouble) * 0.3).requires_grad_(),
+                         (at::randn({B, out, r}, at::kDouble) * 0.3).requires_grad_()};
+    };
+    for (int s = 0; s < int(c.layer_sequence().size()); ++s) {
+      lora.adapters[lora_key(s, "q")] = adapter(d, d);
+      lora.adapters[lora_key(s, "v")] = adapter(kv, d);
+      lora.adapters[lora_key(s, "o_norm")] = adapter(d, d);
+      lora.adapters[lora_key(s, "mlp")] = adapter(d, d);
+    }
+    lora.adapters["head"] = adapter(c.vocab_size, c.embed_dim());
+    at::Tensor mask = at::zeros({B, T}, at::kBool);
+    mask.narrow(1, T - C, C).fill_(true);
+    ForwardOptions opt;
+    opt.precision = Precision::F64;
+    opt.lora = &lora;
+    opt.score_mask = mask;
+    opt.positions = find_score_positions(mask, at::kCPU);
+    ASSERT_TRUE(opt.positions.suffix);
+    EXPECT_EQ(last_step_queries(w, opt, opt.positions, T), C);
+    ForwardOptions full = opt;
+    full.trim_last_step = false;
+    auto grads = [&](const ForwardOptions& o, at::Tensor& nll) {
+      for (auto& [k, a] : lora.adapters) a.A.mutable_grad().reset(), a.B.mutable_grad().reset();
+      nll = forward_nll(w, in, tg, o);
+      (nll * at::arange(1, T + 1, at::kDouble)).sum().backward();
+      std::vector<at::Tensor> g;
+      for (auto& [k, a] : lora.adapters) g.push_back(a.A.grad().clone()), g.push_back(a.B.grad().clone());
+      return g;
+    };
+    at::Tensor got, untrimmed;
+    const std::vector<at::Tensor> g_trim = grads(opt, got), g_full = grads(full, untrimmed);
+    for (size_t i = 0; i < g_trim.size(); ++i) EXPECT_TRUE(at::allclose(g_trim[i], g_full[i], 1e-10, 1e-12)) << i;
+    EXPECT_TRUE(at::allclose(got, untrimmed, 0, 1e-12));
+    Ref ref{w, c, GptNumerics::norm_eps()};
+    for (int b = 0; b < B; ++b) {
+      const RefLora rl = ref_lora(lora, b);
+      std::vector<int64_t> ids(T), tgt(T), seg(T, 0);
+      for (int t = 0; t < T; ++t) { ids[t] = in[b][t].item<int64_t>(); tgt[t] = tg[b][t].item<int64_t>(); }
+      const Vec want = ref.nll(ids, tgt, seg, &rl);
+      for (int t = 0; t < T; ++t) {
+        if (t >= T - C) {
+          EXPECT_NEAR(got[b][t].item<double>(), want[t], 1e-10) << "b " << b << " t " << t;
+        } else {
+          EXPECT_EQ(got[b][t].item<double>(), 0.0);
+        }
       }
     }
   }

@@ -4,6 +4,7 @@
 
 #include <ATen/TensorIndexing.h>
 
+#include <cmath>
 #include <memory>
 
 #include <c10/core/GradMode.h>
@@ -65,6 +66,25 @@ TEST_F(Cuda, Bf16FusedAttentionPathStaysCloseToFloat64) {
   // Batch composition does not change a row's result beyond bf16 noise.
   at::Tensor one = forward_nll(on_cuda(w, at::kFloat), in.narrow(0, 2, 1).cuda(), tg.narrow(0, 2, 1).cuda(), bf).cpu();
   EXPECT_LT((one[0].to(at::kDouble) - got[2]).abs().max().item<double>(), 1e-2);
+}
+
+// Evaluation's whole-window attention (cuDNN on Hopper) against float64 and
+// flash, grouped KV heads given directly; the same bits run to run.
+TEST_F(Cuda, CausalAttentionMatchesFloat64AndFlash) {
+  const int64_t B = 3, T = 256, H = 8, KV = 4, hd = 64;
+  const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor q = at::randn({B, T, H, hd}, bf), k = at::randn({B, T, KV, hd}, bf), v = at::randn({B, T, KV, hd}, bf);
+  const at::Tensor got = fused::causal_attention(q, k, v), flash = fused::flash_attention(q, k, v, -1);
+  auto f64 = [](const at::Tensor& t) { return t.cpu().to(at::kDouble).transpose(1, 2); };  // [B, H, T, hd]
+  const at::Tensor kr = f64(k).repeat_interleave(H / KV, 1), vr = f64(v).repeat_interleave(H / KV, 1);
+  at::Tensor sc = at::matmul(f64(q), kr.transpose(-1, -2)) / std::sqrt(double(hd));
+  sc.masked_fill_(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
+  const at::Tensor ref = at::matmul(at::softmax(sc, -1), vr).transpose(1, 2);
+  const double err = (got.cpu().to(at::kDouble) - ref).abs().max().item<double>();
+  const double flash_err = (flash.cpu().to(at::kDouble) - ref).abs().max().item<double>();
+  std::printf("causal_attention max error %.3g (flash %.3g)\n", err, flash_err);
+  EXPECT_LE(err, 2 * flash_err + 1e-3);
+  EXPECT_TRUE(at::equal(got, fused::causal_attention(q, k, v)));
 }
 
 TEST_F(Cuda, VarlenFlashWithDocumentsAndWindowsMatchesFloat64) {

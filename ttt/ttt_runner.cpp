@@ -4,6 +4,7 @@
 #include <cmath>
 #include <deque>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -27,32 +28,6 @@ namespace pgolf {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-// The batch rows a step forwards: every active row (its document has this
-// chunk) and, up to a power of two of rows (at most the batch), finished rows
-// as padding -- the nearest ones before each active row, so that the rows
-// stay one range when the active rows are the batch's last ones (a batch's
-// documents come sorted by length) -- ascending. Few row counts mean few
-// step shapes to capture (ttt/ttt_step.h); the reference forwards them all.
-std::vector<int64_t> step_rows(const TttStep& st) {
-  const int64_t B = int64_t(st.rows.size());
-  int64_t active = 0;
-  for (const auto& ch : st.rows) active += ch.has_value();
-  int64_t want = 1;
-  while (want < active) want *= 2;
-  int64_t pad = std::min(want, B) - active;
-  std::vector<bool> take(size_t(B), false);
-  for (int64_t b = B - 1; b >= 0; --b) {
-    if (st.rows[size_t(b)]) take[size_t(b)] = true;
-    else if (pad > 0 && b + 1 < B && take[size_t(b + 1)]) take[size_t(b)] = true, --pad;
-  }
-  for (int64_t b = 0; b < B && pad > 0; ++b)
-    if (!take[size_t(b)]) take[size_t(b)] = true, --pad;
-  std::vector<int64_t> rows;
-  for (int64_t b = 0; b < B; ++b)
-    if (take[size_t(b)]) rows.push_back(b);
-  return rows;
-}
 
 // One step's inputs: inputs / targets [rows, width] int64, right-padded with
 // token 0 as the reference pads (finished rows all 0); 1 for each row with a
@@ -271,12 +246,18 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   // The one-rank plan's batches, whatever the world (see keep_rank_batches).
   TttPlan plan = make_ttt_plan(tokens.data(), n, o.bos_id, o.chunk, o.context, o.batch_docs, 0, 1,
                                TttSchedule{o.split, 0});
+  // Device shapes from the one-rank plan: the same for a batch on every rank.
+  const int64_t batch_rows = ttt_batch_rows(plan);
+  std::map<uint32_t, std::vector<TttStepShape>> shapes;  // by batch index
+  {
+    const std::vector<std::vector<TttStepShape>> all = ttt_step_shapes(plan, o.base);
+    for (size_t i = 0; i < all.size(); ++i) shapes[plan.batches[i].index] = all[i];
+  }
   if (o.world > 1) keep_rank_batches(plan, o.rank, o.world);
   const std::vector<LoraSiteSpec> sites = lora_sites(cfg, o.targets);
   const at::Device device = w.get("tok_emb.weight").device();
   const at::ScalarType param_type = o.precision == Precision::F64 ? at::kDouble : at::kFloat;
   FlatAdam adam(AdamConfig{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.adamw});
-  std::unique_ptr<BatchAdapters> adapters;  // reused while the batch size stays
   const CastWeights cast = cast_matrix_weights(w, o.precision);  // the base is frozen: cast once
 #if PGOLF_WITH_CUDA
   // Every step on one side stream: CUDA graphs cannot capture the legacy
@@ -318,33 +299,28 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     }
   };
 
-  // Step 0's base scores are its scores: fresh adapters (B = 0) add exactly zero.
-  auto step_shape = [&](const TttStep& st, const std::vector<int64_t>& rows, uint32_t s) {
-    const bool range = rows.back() - rows.front() + 1 == int64_t(rows.size());
-    return TttStepShape{int64_t(st.rows.size()), int64_t(rows.size()), int64_t(st.width), range ? rows.front() : -1,
-                        st.update, o.base && s > 0};
-  };
   for (const TttBatch& batch : plan.batches)
-    for (uint32_t s = 0; s < batch.num_steps; ++s) {
-      const TttStep st = step_at(plan, batch, s);
-      runner.expect(step_shape(st, step_rows(st), s));
-    }
+    for (const TttStepShape& sh : shapes.at(batch.index)) runner.expect(sh);
 
   LapTimer t;
+  BatchAdapters adapters(sites, batch_rows, o.lora_rank, param_type, device);
+  runner.bind(&adapters, &adam);
   for (const TttBatch& batch : plan.batches) {
-    const int64_t B = int64_t(batch.docs.size());
-    if (!adapters || adapters->rows() != B) {
-      adapters = std::make_unique<BatchAdapters>(sites, B, o.lora_rank, param_type, device);
-      runner.bind(adapters.get(), &adam);
-    }
-    adapters->reset(o.seed, std::vector<uint64_t>(batch.docs.begin(), batch.docs.end()));
-    adam.reset(adapters->params());
+    // Row keys: the documents', and for the rows a short batch adds, values
+    // no document index takes.
+    std::vector<uint64_t> keys;
+    for (int64_t b = int64_t(batch.docs.size()); b < batch_rows; ++b) keys.push_back(~uint64_t(b));
+    keys.insert(keys.end(), batch.docs.begin(), batch.docs.end());
+    adapters.reset(o.seed, keys);
+    adam.reset(adapters.params());
     ++r.batches;
     for (uint32_t s = 0; s < batch.num_steps; ++s) {
-      const TttStep st = step_at(plan, batch, s);
-      const std::vector<int64_t> rows = step_rows(st);
+      const TttStep st = ttt_padded_step(plan, batch, s, batch_rows);
+      const TttStepShape& shape = shapes.at(batch.index)[s];
+      const std::vector<int64_t> rows = ttt_step_rows(st, shape.rows);
+      if (int64_t(rows.size()) != shape.rows || (shape.first_row >= 0 && rows.front() != shape.first_row))
+        throw std::logic_error("run_ttt: a step's rows do not match its shape");
       const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
-      const TttStepShape shape = step_shape(st, rows, s);
       r.host_prepare += t.lap();
       const TttStepScores sc = runner.run(shape, in);
       // Score first: these values are final before the adapters move (the

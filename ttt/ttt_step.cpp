@@ -20,7 +20,7 @@ namespace {
 
 // Graphs kept at most (each new shape past this runs eagerly): their memory
 // comes from one pool, so this bounds launches kept, not memory.
-constexpr size_t kMaxGraphs = 32;
+constexpr size_t kMaxGraphs = 64;
 
 }  // namespace
 

@@ -22,26 +22,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <tuple>
 
 #include "model/gpt.h"
+#include "ttt/step_shapes.h"
 
 namespace pgolf {
 
 class BatchAdapters;
 class FlatAdam;
-
-struct TttStepShape {
-  int64_t batch_rows = 0;  // rows of the batch's adapters
-  int64_t rows = 0, width = 0;
-  int64_t first_row = -1;  // >= 0: the step's rows are [first_row, first_row + rows); -1: any listed rows
-  bool update = false;     // loss, backward and one optimizer step follow the scores
-  bool base = false;       // also score without adapters
-  bool operator<(const TttStepShape& o) const {
-    return std::tie(batch_rows, rows, width, first_row, update, base) <
-           std::tie(o.batch_rows, o.rows, o.width, o.first_row, o.update, o.base);
-  }
-};
 
 // What one step reads, on the CPU: inputs, targets [rows, width] int64;
 // adapter_rows [rows] int64, the batch rows whose adapters the step's rows
