@@ -304,9 +304,14 @@ int64_t last_step_queries(const GptWeights& w, const ForwardOptions& opt, const 
     return T;
   const std::vector<int> seq = cfg.layer_sequence(opt.looping);
   if (cfg.parallel_start_layer > 0 && seq.back() >= cfg.parallel_start_layer) return T;
-  if (c10::GradMode::is_enabled())
+  if (c10::GradMode::is_enabled()) {
     for (const auto& [n, t] : w.tensors)
       if (t.requires_grad()) return T;  // autograd wants every position's activations
+    // Adapters under autograd with bf16 attention on CUDA: a query suffix
+    // needs flash's backward (SDPA's takes whole windows only).
+    if (opt.lora && !opt.flash_backward && opt.precision == Precision::BF16 && w.get("tok_emb.weight").is_cuda())
+      return T;
+  }
   return T - pos.first_col;
 }
 

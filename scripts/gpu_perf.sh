@@ -59,6 +59,12 @@ if [ "${PROFILE:-1}" = 1 ]; then
   "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --max-docs ${PROFILE_DOCS:-192} --quiet \
     --profile /tmp/ttt_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/ttt_trace.json 30 >"$O/trace_ttt.txt" 2>&1 || true
 fi
+if [ "${VARLEN_PROFILE:-0}" -gt 0 ]; then  # VARLEN_PROFILE=N: a profile of varlen-0410 over the first N documents
+  [ -f /tmp/frontier.h5 ] || "$P" init --preset frontier --set vocab_size=8192 --out /tmp/frontier.h5 >/dev/null
+  "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 --no-base --max-docs "$VARLEN_PROFILE" \
+    --quiet --profile /tmp/varlen_trace.json >/dev/null 2>&1 && python3 scripts/trace_summary.py /tmp/varlen_trace.json 40 \
+    >"$O/trace_varlen.txt" 2>&1 || true
+fi
 if [ "${TTT_ONLY:-0}" != 1 ]; then  # TTT_ONLY=1: skip the evaluation runs
 "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --json --quiet >"$O/eval_std.json" || echo "eval failed: eval_std.json"
 "$P" eval --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --stride 64 --batch-tokens 131072 --json --quiet >"$O/eval_sw.json" || echo "eval failed: eval_sw.json"
@@ -76,6 +82,7 @@ j() { [ -s "$1" ] || return 0; python3 -c "import json,sys; d=json.load(open('$1
 echo
 sed -n "/^attention/,\$p" "$O/fused_check.txt"
 [ -f "$O/trace_ttt.txt" ] && head -45 "$O/trace_ttt.txt"
+[ -f "$O/trace_varlen.txt" ] && head -55 "$O/trace_varlen.txt"
 [ -f "$O/trace_sw.txt" ] && head -40 "$O/trace_sw.txt"
 [ -f "$O/trace_std.txt" ] && head -30 "$O/trace_std.txt"
 [ -f "$O/base_train.log" ] && tail -3 "$O/base_train.log"
