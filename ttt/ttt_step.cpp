@@ -11,7 +11,9 @@
 #include "ttt/lora_adapters.h"
 
 #if PGOLF_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 namespace pgolf {
@@ -21,6 +23,20 @@ namespace {
 // Graphs kept at most (each new shape past this runs eagerly): their memory
 // comes from one pool, so this bounds launches kept, not memory.
 constexpr size_t kMaxGraphs = 64;
+
+#if PGOLF_WITH_CUDA
+// Whether another graph may be captured: each keeps its step's peak memory
+// in the shared pool (shapes differ, so blocks are rarely reused), and a
+// plan of many shapes (varlen-0410 with a small chunk: dozens of widths)
+// would fill the device. Captures stop once half of it is held after the
+// allocator's free cached blocks are released; later new shapes run eagerly.
+bool room_for_a_graph(const at::Device& device) {
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+  const size_t held = size_t(stats.reserved_bytes[0].current);  // [0]: all pools
+  return held < at::cuda::getDeviceProperties(device.index())->totalGlobalMem / 2;
+}
+#endif
 
 }  // namespace
 
@@ -132,7 +148,11 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   };
   auto it = graph_.find(sh);
   const bool warm = warm_ && (warm_update_ || !sh.update);
-  if (it == graph_.end() && (!graphs_ || !warm || expected_[sh] < 2 || graph_.size() >= kMaxGraphs)) {
+  auto eager = [&] { return !graphs_ || !warm || expected_[sh] < 2 || graph_.size() >= kMaxGraphs || full_; };
+#if PGOLF_WITH_CUDA
+  if (it == graph_.end() && !eager()) full_ = !room_for_a_graph(device_);
+#endif
+  if (it == graph_.end() && eager()) {
     TttStepInputs b;
     upload(b);
     warm_ = true;

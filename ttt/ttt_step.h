@@ -15,7 +15,8 @@
 // shape that comes more than once is captured the first time it comes, one
 // that comes once runs eagerly, and so does the run's first step (it sets up
 // what a capture must not: cuBLAS handles and workspaces on the stream and
-// the autograd thread, kernel attributes).
+// the autograd thread, kernel attributes). Graphs keep their memory: once
+// they hold half of the device, new shapes run eagerly too.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -92,6 +93,7 @@ class TttStepRunner {
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Scored>> scored_;
   std::map<TttStepShape, int> expected_;
   bool warm_ = false, warm_update_ = false;  // an eager step, an eager step with an update have run
+  bool full_ = false;                          // no more captures: the graphs hold half the device
   std::map<TttStepShape, std::unique_ptr<Graph>> graph_;
   int64_t replays_ = 0, captures_ = 0;
   TttStepSeconds seconds_;
