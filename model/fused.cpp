@@ -247,8 +247,8 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
 #if PGOLF_WITH_CUDA
   const int64_t hd = q.size(3);
-  if (compat::has_cudnn_attention && q.is_cuda() && at::cuda::getDeviceProperties(q.get_device())->major >= 9 &&
-      q.size(1) == k.size(1) && hd % 8 == 0 && hd <= 128 &&
+  const bool hopper = q.is_cuda() && at::cuda::getDeviceProperties(q.get_device())->major >= 9;
+  if (compat::has_cudnn_attention && hopper && q.size(1) == k.size(1) && hd % 8 == 0 && hd <= 128 &&
       !records_grad({q, k, v}))
     return compat::cudnn_causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
 #endif

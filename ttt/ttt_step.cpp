@@ -31,10 +31,13 @@ constexpr size_t kMaxGraphs = 64;
 // would fill the device. Captures stop once half of it is held after the
 // allocator's free cached blocks are released; later new shapes run eagerly.
 bool room_for_a_graph(const at::Device& device) {
-  c10::cuda::CUDACachingAllocator::emptyCache();
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-  const size_t held = size_t(stats.reserved_bytes[0].current);  // [0]: all pools
-  return held < at::cuda::getDeviceProperties(device.index())->totalGlobalMem / 2;
+  const size_t half = at::cuda::getDeviceProperties(device.index())->totalGlobalMem / 2;
+  auto held = [&] {  // reserved in all pools ([0]: the aggregate)
+    return size_t(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current);
+  };
+  if (held() < half) return true;
+  c10::cuda::CUDACachingAllocator::emptyCache();  // waits for the device: only when it may matter
+  return held() < half;
 }
 #endif
 
