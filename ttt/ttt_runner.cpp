@@ -5,7 +5,6 @@
 #include <deque>
 #include <limits>
 #include <map>
-#include <memory>
 #include <optional>
 
 #include "data/byte_counter.h"
