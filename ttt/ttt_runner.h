@@ -13,9 +13,10 @@
 // Both sum the scored NLL and bytes in float64; the training loss is the sum
 // over the rows that have a next chunk of each row's mean NLL over the step's
 // C train columns (the reference multiplies the other rows' means by 0).
-// Unlike the reference, a step forwards only its active rows and, up to a
-// power of two of rows, some finished ones as padding (the reference forwards
-// every row; finished rows only ever produce discarded scores).
+// Unlike the reference, a step forwards its active rows and only as many
+// finished ones as padding as keep the device shapes few (ttt/step_shapes.h;
+// the reference forwards every row; finished rows only ever produce discarded
+// scores).
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 #include "data/lap_timer.h"
 #include "model/pch.h"
@@ -151,11 +152,11 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   };
   auto it = graph_.find(sh);
   const bool warm = warm_ && (warm_update_ || !sh.update);
-  auto eager = [&] { return !graphs_ || !warm || expected_[sh] < 2 || graph_.size() >= kMaxGraphs || full_; };
+  bool capture = it == graph_.end() && graphs_ && warm && expected_[sh] >= 2 && graph_.size() < kMaxGraphs && !full_;
 #if PGOLF_WITH_CUDA
-  if (it == graph_.end() && !eager()) full_ = !room_for_a_graph(device_);
+  if (capture && !room_for_a_graph(device_)) full_ = true, capture = false;
 #endif
-  if (it == graph_.end() && eager()) {
+  if (it == graph_.end() && !capture) {
     TttStepInputs b;
     upload(b);
     warm_ = true;
@@ -181,11 +182,10 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     it = graph_.emplace(sh, std::move(g)).first;
     ++captures_;
   } else {
-    Graph& g = *it->second;
-    g.in.inputs.copy_(in.inputs.pin_memory(), /*non_blocking=*/true);
-    g.in.targets.copy_(in.targets.pin_memory(), /*non_blocking=*/true);
-    g.in.adapter_rows.copy_(in.adapter_rows.pin_memory(), /*non_blocking=*/true);
-    g.in.train_weight.copy_(in.train_weight.pin_memory(), /*non_blocking=*/true);
+    TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
+    for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
+                            {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})
+      dst->copy_(src->pin_memory(), /*non_blocking=*/true);
   }
   it->second->graph.replay();
   ++replays_;
