@@ -96,26 +96,47 @@ double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site,
 BatchAdapters::BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int64_t rank, at::ScalarType dtype,
                              const at::Device& device)
     : sites_(std::move(sites)), rows_(rows), rank_(rank) {
+  if (sites_.empty()) throw Error("ttt: no adapter sites");
+  // Every A first, then every B: the A blocks of consecutive sites with the
+  // same input width form one [sites, rows, r * in] block, which reset()
+  // fills with one chain of kernels.
   int64_t total = 0;
   for (const LoraSiteSpec& s : sites_) {
     if (rank * s.in >= (int64_t(1) << 32)) throw Error("ttt: adapter " + s.key + " is too large");
-    offsets_.push_back(total);
-    total += rows * rank * (s.in + s.out);
+    a_offsets_.push_back(total);
+    total += rows * rank * s.in;
+  }
+  for (const LoraSiteSpec& s : sites_) {
+    b_offsets_.push_back(total);
+    total += rows * s.out * rank;
   }
   c10::NoGradGuard no_grad;
   params_ = at::zeros({total}, at::TensorOptions().dtype(dtype).device(device));
   grad_ = at::zeros_like(params_);
   for (size_t k = 0; k < sites_.size(); ++k) {
     const LoraSiteSpec& s = sites_[k];
-    const int64_t na = rows_ * rank_ * s.in, nb = rows_ * s.out * rank_;
-    auto leaf = [&](int64_t off, int64_t n, std::vector<int64_t> shape) {
+    auto leaf = [&](int64_t off, std::vector<int64_t> shape) {
+      const int64_t n = shape[0] * shape[1] * shape[2];
       at::Tensor t = params_.narrow(0, off, n).view(shape).detach();
       t.set_requires_grad(true);
       t.mutable_grad() = grad_.narrow(0, off, n).view(shape);
       return t;
     };
-    leaves_.adapters[s.key] = {leaf(offsets_[k], na, {rows_, rank_, s.in}),
-                               leaf(offsets_[k] + na, nb, {rows_, s.out, rank_})};
+    leaves_.adapters[s.key] = {leaf(a_offsets_[k], {rows_, rank_, s.in}), leaf(b_offsets_[k], {rows_, s.out, rank_})};
+  }
+  // Runs of sites to initialise together: same input width, a bounded
+  // number of elements (the generator's int64 temporaries).
+  const int64_t max_elements = int64_t(1) << 24;
+  for (size_t k = 0; k < sites_.size(); ++k) {
+    const int64_t n = rows_ * rank_ * sites_[k].in;
+    if (!init_runs_.empty()) {
+      InitRun& r = init_runs_.back();
+      if (sites_[r.first].in == sites_[k].in && (r.count + 1) * n <= max_elements) {
+        ++r.count;
+        continue;
+      }
+    }
+    init_runs_.push_back({k, 1});
   }
 }
 
@@ -127,7 +148,7 @@ void BatchAdapters::zero_grad() {
 void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) {
   if (int64_t(row_keys.size()) != rows_) throw Error("ttt: adapter reset with the wrong number of rows");
   c10::NoGradGuard no_grad;
-  params_.zero_();
+  params_.narrow(0, b_offsets_.front(), params_.size(0) - b_offsets_.front()).zero_();  // every B
   grad_.zero_();
   // Every site's row hashes in one asynchronous copy (a plain copy would make
   // the host wait for the GPU's queue).
@@ -136,24 +157,39 @@ void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) 
     for (uint64_t key : row_keys) keys.push_back(int64_t(row_hash(seed, key, s.key)));
   const at::Tensor all = to_device(at::tensor(keys, at::kLong), params_.device()).view({int64_t(sites_.size()), rows_});
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(params_.device());
-  for (size_t k = 0; k < sites_.size(); ++k) {
-    const LoraSiteSpec& s = sites_[k];
-    const int64_t n = rank_ * s.in;
-    at::Tensor rowh = all.select(0, int64_t(k)).view({rows_, 1});
-    at::Tensor h = fmix32(at::bitwise_and(rowh + mul32(at::arange(n, i64), kWeyl).view({1, n}), int64_t(0xFFFFFFFF)));
-    const double bound = 1.0 / std::sqrt(double(s.in));
-    at::Tensor u = (shr(h, 8).to(at::kDouble) * 0x1p-23 - 1.0) * bound;  // [rows, r * in]
-    params_.narrow(0, offsets_[k], rows_ * n).copy_(u.reshape({-1}));
+  for (const InitRun& run : init_runs_) {
+    // A of sites [first, first + count): [count, rows, r * in], contiguous.
+    const int64_t in = sites_[run.first].in, n = rank_ * in, K = int64_t(run.count);
+    at::Tensor rowh = all.narrow(0, int64_t(run.first), K).view({K, rows_, 1});
+    at::Tensor h = fmix32(at::bitwise_and(rowh + mul32(at::arange(n, i64), kWeyl).view({1, 1, n}), int64_t(0xFFFFFFFF)));
+    const double bound = 1.0 / std::sqrt(double(in));
+    at::Tensor u = (shr(h, 8).to(at::kDouble) * 0x1p-23 - 1.0) * bound;
+    params_.narrow(0, a_offsets_[run.first], K * rows_ * n).copy_(u.reshape({-1}));
   }
 }
 
 LoraSet BatchAdapters::views() const { return leaves_; }
 
 LoraSet BatchAdapters::views(int64_t first, int64_t count) const {
-  LoraSet set = leaves_;
-  for (auto& [key, a] : set.adapters) {
-    a.A = a.A.narrow(0, first, count);
-    a.B = a.B.narrow(0, first, count);
+  if (first == 0 && count == rows_) return leaves_;
+  if (first < 0 || count < 1 || first + count > rows_) throw Error("ttt: adapter rows out of range");
+  // Leaves of their own over the rows' part of the buffer, with the matching
+  // part of the gradient: backward adds into it directly, where a narrow of
+  // the whole leaf would build and add a zero-filled whole-site gradient.
+  LoraSet& set = range_leaves_[{first, count}];
+  if (set.adapters.empty()) {
+    c10::NoGradGuard no_grad;
+    for (size_t k = 0; k < sites_.size(); ++k) {
+      const LoraSiteSpec& s = sites_[k];
+      auto leaf = [&](int64_t off, int64_t per_row, std::vector<int64_t> shape) {
+        at::Tensor t = params_.narrow(0, off + first * per_row, count * per_row).view(shape).detach();
+        t.set_requires_grad(true);
+        t.mutable_grad() = grad_.narrow(0, off + first * per_row, count * per_row).view(shape);
+        return t;
+      };
+      set.adapters[s.key] = {leaf(a_offsets_[k], rank_ * s.in, {count, rank_, s.in}),
+                             leaf(b_offsets_[k], s.out * rank_, {count, s.out, rank_})};
+    }
   }
   return set;
 }

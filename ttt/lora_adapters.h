@@ -11,7 +11,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/gpt.h"
@@ -56,7 +58,8 @@ class BatchAdapters {
   void reset(uint64_t seed, const std::vector<uint64_t>& row_keys);
   // The leaves, one LoraAdapter per site: A [rows, r, in], B [rows, out, r].
   LoraSet views() const;
-  // Rows [first, first + count) of every leaf (views).
+  // Rows [first, first + count) of every site: leaves of their own over that
+  // part of the buffer and of the gradient (made once per range).
   LoraSet views(int64_t first, int64_t count) const;
   // The rows `rows` lists (int64 [n] on the buffer's device): differentiable
   // copies (gradients flow back to those rows).
@@ -70,9 +73,14 @@ class BatchAdapters {
  private:
   std::vector<LoraSiteSpec> sites_;
   int64_t rows_, rank_;
-  std::vector<int64_t> offsets_;  // per site: where its A starts; B follows A
+  std::vector<int64_t> a_offsets_, b_offsets_;  // per site: where its A, its B start (every A first)
+  struct InitRun {
+    size_t first, count;  // sites whose A blocks reset() fills together
+  };
+  std::vector<InitRun> init_runs_;
   at::Tensor params_, grad_;
   LoraSet leaves_;
+  mutable std::map<std::pair<int64_t, int64_t>, LoraSet> range_leaves_;  // by (first, count)
 };
 
 }  // namespace pgolf
