@@ -625,6 +625,85 @@ __global__ void qk_norm_rope_bwd_kernel(const bf16* __restrict__ q, const bf16* 
   }
 }
 
+// The vector path of qk_norm_rope's backward, on the forward's conditions
+// and lane layout (qk_norm_rope_vec_kernel): a group of `lanes` lanes per
+// unit, 8 columns each, 16-byte loads; the rotation partner's gradient (and,
+// for the gain's sum, its value) by shuffles. With z = gy * gain, a column's
+// gradient at its normed value is z c + z_partner (first half ? -s : s); the
+// norm's backward needs that gradient's dot with x over the unit, reduced in
+// the group.
+__global__ void __launch_bounds__(kQkThreads) qk_norm_rope_bwd_vec_kernel(
+    const bf16* __restrict__ q, const bf16* __restrict__ gy, const float* __restrict__ cos,
+    const float* __restrict__ sin, const float* __restrict__ gain, bf16* __restrict__ gq,
+    float* __restrict__ gain_partial, unsigned units, unsigned T, unsigned heads, int hd, int half, int lanes,
+    float eps) {
+  const int lane = threadIdx.x % 32, gl = lane & (lanes - 1), c = gl * 8;
+  const unsigned warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  const unsigned u = warp * unsigned(32 / lanes) + unsigned(lane / lanes);
+  const int hb = half / 8;
+  const bool first = gl < hb, rotated = gl < 2 * hb;
+  const int src = first ? lane + hb : rotated ? lane - hb : lane, p = first ? c : c - half;
+  const bool live = u < units && c < hd;  // dead lanes still take part in the shuffles
+  uint4 xr = make_uint4(0, 0, 0, 0), gr = xr;
+  if (live) {
+    xr = *reinterpret_cast<const uint4*>(q + int64_t(u) * hd + c);
+    gr = *reinterpret_cast<const uint4*>(gy + int64_t(u) * hd + c);
+  }
+  float x[8], g[8];
+  unpack8(xr, x);
+  unpack8(gr, g);
+  float ss = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) ss = add_sq(ss, x[e]);
+  for (int o = lanes / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  const float k = inv_rms(ss, hd, eps);
+  uint4 pg, px;
+  pg.x = __shfl_sync(0xffffffffu, gr.x, src);
+  pg.y = __shfl_sync(0xffffffffu, gr.y, src);
+  pg.z = __shfl_sync(0xffffffffu, gr.z, src);
+  pg.w = __shfl_sync(0xffffffffu, gr.w, src);
+  px.x = __shfl_sync(0xffffffffu, xr.x, src);
+  px.y = __shfl_sync(0xffffffffu, xr.y, src);
+  px.z = __shfl_sync(0xffffffffu, xr.z, src);
+  px.w = __shfl_sync(0xffffffffu, xr.w, src);
+  float dn[8], dot = 0.0f, gsum = 0.0f;
+  if (live) {
+    const unsigned row = u / heads, h = u - row * heads, t = row % T;
+    const float gn = gain ? gain[h] : 1.0f;
+    if (rotated) {
+      float gp[8], xp[8], cs[8], sn[8];
+      unpack8(pg, gp);
+      unpack8(px, xp);
+      load8<true>(cos, int64_t(t) * half + p, 8, cs);
+      load8<true>(sin, int64_t(t) * half + p, 8, sn);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float sg = first ? -sn[e] : sn[e];
+        dn[e] = (g[e] * gn) * cs[e] + (gp[e] * gn) * sg;
+        dot += dn[e] * x[e];
+        gsum += g[e] * (__fmul_rn(x[e], k) * cs[e] - __fmul_rn(xp[e], k) * sg);
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        dn[e] = g[e] * gn;
+        dot += dn[e] * x[e];
+        gsum += g[e] * __fmul_rn(x[e], k);
+      }
+    }
+  }
+  for (int o = lanes / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  if (gain_partial)
+    for (int o = lanes / 2; o > 0; o >>= 1) gsum += __shfl_xor_sync(0xffffffffu, gsum, o);
+  if (!live) return;
+  const float cc = k * k * dot / float(hd);
+  float out[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = k * (dn[e] - x[e] * cc);
+  store8<true>(gq, int64_t(u) * hd + c, 8, out);
+  if (gain_partial && gl == 0) gain_partial[u] = gsum;
+}
+
 // gh = round(2 g a (h > 0 ? 1 : slope)), a = leaky_relu(h, slope); vector
 // path as relu_square_kernel's.
 __device__ __forceinline__ float relu_square_grad(float v, float g, float slope) {
@@ -907,10 +986,21 @@ std::pair<at::Tensor, at::Tensor> qk_norm_rope_backward(const at::Tensor& q, con
   at::Tensor gq = at::empty_like(q);
   const int64_t units = B * T * heads;
   at::Tensor partial = want_ggain ? at::empty({units}, q.options().dtype(at::kFloat)) : at::Tensor();
-  if (units > 0) {
-    qk_norm_rope_bwd_kernel<<<row_blocks(units), 32 * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-        bp(q), bp(gy), cos.data_ptr<float>(), sin.data_ptr<float>(), fp_or_null(gain), bp_out(gq),
-        want_ggain ? partial.data_ptr<float>() : nullptr, units, T, int(heads), int(hd), int(half), float(eps));
+  int lanes = 1;  // as qk_norm_rope's vector path
+  while (lanes * 8 < hd) lanes *= 2;
+  float* gp = want_ggain ? partial.data_ptr<float>() : nullptr;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (units > 0 && hd <= 256 && half % 8 == 0 && 2 * half <= hd && units * lanes < (int64_t(1) << 31) &&
+      vec_ok(hd, {q.data_ptr(), gy.data_ptr(), gq.data_ptr(), cos.data_ptr(), sin.data_ptr()})) {
+    const int64_t per_block = kQkThreads / lanes;  // units
+    qk_norm_rope_bwd_vec_kernel<<<int((units + per_block - 1) / per_block), kQkThreads, 0, stream>>>(
+        bp(q), bp(gy), cos.data_ptr<float>(), sin.data_ptr<float>(), fp_or_null(gain), bp_out(gq), gp,
+        unsigned(units), unsigned(T), unsigned(heads), int(hd), int(half), lanes, float(eps));
+    check_launch();
+  } else if (units > 0) {
+    qk_norm_rope_bwd_kernel<<<row_blocks(units), 32 * kWarpsPerBlock, 0, stream>>>(
+        bp(q), bp(gy), cos.data_ptr<float>(), sin.data_ptr<float>(), fp_or_null(gain), bp_out(gq), gp, units, T,
+        int(heads), int(hd), int(half), float(eps));
     check_launch();
   }
   at::Tensor ggain = want_ggain ? partial.view({B * T, heads}).sum(0) : at::Tensor();
