@@ -40,10 +40,14 @@ fi
 "$P" train --train "$C/shared/data/corpus/fineweb_train_000000.bin" --val "$VAL" --tokenizer "$TOK" --out /tmp/t.h5 \
   --set vocab_size=8192 --iterations ${TRAIN_STEPS:-40} --batch-tokens 131072 --log-every 10 --json \
   >"$O/train.json" 2>"$O/train.log" || tail -20 "$O/train.log"
+# --timeline: per-step host and device times (scripts/timeline_summary.py), no profiler.
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --json --quiet \
-  >"$O/ttt.json" 2>"$O/ttt.log" || tail -20 "$O/ttt.log"
+  --timeline "$O/ttt_timeline.tsv" >"$O/ttt.json" 2>"$O/ttt.log" || tail -20 "$O/ttt.log"
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-base --json --quiet \
-  >"$O/ttt_nobase.json" 2>"$O/ttt_nobase.log" || tail -20 "$O/ttt_nobase.log"
+  --timeline "$O/ttt_nobase_timeline.tsv" >"$O/ttt_nobase.json" 2>"$O/ttt_nobase.log" || tail -20 "$O/ttt_nobase.log"
+for t in ttt ttt_nobase; do
+  [ -f "$O/${t}_timeline.tsv" ] && python3 scripts/timeline_summary.py "$O/${t}_timeline.tsv" >"$O/${t}_timeline.txt" 2>&1
+done
 for s in ${TTT_SEEDS:-}; do  # TTT_SEEDS="1 2": more seeds (the noise floor of the gain)
   "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed "$s" --json --quiet \
     >"$O/ttt_seed$s.json" 2>"$O/ttt_seed$s.log" || tail -20 "$O/ttt_seed$s.log"
@@ -81,7 +85,8 @@ fi
 j() { [ -s "$1" ] || return 0; python3 -c "import json,sys; d=json.load(open('$1')); print(' '.join(str(d.get(k)) for k in sys.argv[1:]))" "${@:2}"; }
 echo
 sed -n "/^attention/,\$p" "$O/fused_check.txt"
-[ -f "$O/trace_ttt.txt" ] && head -45 "$O/trace_ttt.txt"
+[ -f "$O/trace_ttt.txt" ] && head -100 "$O/trace_ttt.txt"
+for t in ttt ttt_nobase; do [ -f "$O/${t}_timeline.txt" ] && echo "$t:" && cat "$O/${t}_timeline.txt"; done
 [ -f "$O/trace_varlen.txt" ] && head -55 "$O/trace_varlen.txt"
 [ -f "$O/trace_sw.txt" ] && head -40 "$O/trace_sw.txt"
 [ -f "$O/trace_std.txt" ] && head -30 "$O/trace_std.txt"

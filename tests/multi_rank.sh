@@ -166,13 +166,18 @@ for recipe in lora-0317 varlen-0410; do
   TTT=(ttt --device cpu --model "$T/m1.h5" --val "$VAL" --tokenizer "$TOK" --recipe "$recipe" --rank 4 --chunk 32 --context 128
        --batch-docs 4 --trim 128 --json --quiet)
   dump=()
-  [ "$recipe" = lora-0317 ] && dump=(--dump "$T/ttt_dump@R@.h5")
+  [ "$recipe" = lora-0317 ] && dump=(--dump "$T/ttt_dump@R@.h5" --timeline "$T/ttt_timeline@R@.tsv")
   one=$("$PGOLF" "${TTT[@]}" "${dump[@]//@R@/1}" 2>"$T/ttt1.err")
   run2_ok "ttt_$recipe" "${TTT[@]}" "${dump[@]//@R@/2}"
   two=$(cat "$T/ttt_$recipe.0.out")
   for k in bpb bpb_base bpb_stderr gain_stderr targets bytes docs batches steps updates; do
     [ "$(json "$one" $k)" = "$(json "$two" $k)" ] || fail "ttt $recipe: $k $(json "$one" $k) (1 rank) vs $(json "$two" $k) (2 ranks)"
   done
+  if [ "$recipe" = lora-0317 ]; then  # --timeline: a header and one line per step (rank 0's)
+    lines=$(wc -l <"$T/ttt_timeline1.tsv")
+    [ "$lines" = $(($(json "$one" steps) + 1)) ] || fail "ttt --timeline: $lines lines for $(json "$one" steps) steps"
+    [ "$(head -1 "$T/ttt_timeline1.tsv" | cut -f10)" = device_end_ms ] || fail "ttt --timeline: bad header"
+  fi
   echo "ttt $recipe: bpb $(json "$one" bpb) ± $(json "$one" bpb_stderr), identical on 2 ranks" \
     "($(json "$one" docs) documents in $(json "$one" batches) batches; 2 ranks: $SECONDS2 s)"
 done

@@ -204,7 +204,17 @@ TEST(TttAdapters, GradientsLandInTheFlatBufferRows) {
     for (const auto& [key, ad] : set.adapters) l = l + (ad.A * 2.0).sum() + (ad.B + 1.0).pow(2).sum();
     return l;
   };
-  loss_of(a.views(1, 2)).backward();                       // rows 1, 2
+  // A row range is a leaf set of its own over those rows of the buffer
+  // (made once): its backward needs no whole-site zero-filled gradient.
+  const LoraSet r12 = a.views(1, 2);
+  for (const auto& [key, ad] : r12.adapters) {
+    EXPECT_TRUE(ad.A.is_leaf() && ad.B.is_leaf()) << key;
+    EXPECT_EQ(ad.A.data_ptr(), a.views().adapters.at(key).A[1].data_ptr()) << key;
+    EXPECT_EQ(ad.B.grad().data_ptr(), a.views().adapters.at(key).B.grad()[1].data_ptr()) << key;
+    EXPECT_TRUE(ad.A.is_same(a.views(1, 2).adapters.at(key).A)) << key;
+  }
+  EXPECT_NE(error_of([&] { a.views(3, 2); }).find("out of range"), std::string::npos);
+  loss_of(r12).backward();                                 // rows 1, 2
   loss_of(a.views(at::tensor({3}, at::kLong))).backward();  // row 3
   EXPECT_TRUE(a.grad().is_same(grad_storage));  // accumulated in place
   for (const auto& [key, ad] : a.views().adapters) {
@@ -388,6 +398,32 @@ TEST(Ttt, ChunkTwoIsScoredAfterOneAdamStepOnChunkOne) {
     for (int j = 0; j < 4; ++j) EXPECT_NEAR(r.target_nll[size_t(j + 1)], nll0[0][j].item<double>(), 1e-12);
     for (int j = 4; j < 7; ++j) EXPECT_NEAR(r.target_nll[size_t(j + 1)], nll1[0][j].item<double>(), 1e-12) << recipe;
   }
+}
+
+// --timeline: one entry per step in order, times that only go forward, and
+// the same scores as without it.
+TEST(Ttt, TimelineHasEveryStepInOrder) {
+  Fixture f;
+  TttOptions o = f.options();
+  const TttResult plain = run_ttt(f.w32, f.tok, f.bc, o);
+  o.timeline = true;
+  const TttResult r = run_ttt(f.w32, f.tok, f.bc, o);
+  EXPECT_EQ(count_diff(plain, r, 0, f.tok.size()), 0u);
+  EXPECT_TRUE(plain.timeline.empty());
+  ASSERT_EQ(r.timeline.size(), r.steps);
+  double last_end = 0, last_device = 0;
+  for (const TttStepTime& s : r.timeline) {
+    EXPECT_GT(s.rows, 0);
+    EXPECT_GT(s.width, 0);
+    EXPECT_EQ(s.run, 'e');  // the CPU runs every step eagerly
+    EXPECT_GE(s.host_begin, last_end);
+    EXPECT_GE(s.host_end, s.host_begin);
+    EXPECT_GE(s.device_end, last_device);
+    last_end = s.host_end;
+    last_device = s.device_end;
+  }
+  EXPECT_EQ(r.timeline.front().step, 0u);
+  EXPECT_GT(last_device, 0.0);
 }
 
 TEST(Ttt, DeterministicForASeedAndRankSplitsSum) {

@@ -1,6 +1,7 @@
 #include "ttt/ttt_runner.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <deque>
 #include <limits>
@@ -10,6 +11,7 @@
 #include "data/byte_counter.h"
 #include "data/error.h"
 #include "data/lap_timer.h"
+#include "model/device_clock.h"
 #include "model/distributed.h"
 #include "model/host_copy.h"
 #include "model/pch.h"
@@ -301,9 +303,32 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   for (const TttBatch& batch : plan.batches)
     for (const TttStepShape& sh : shapes.at(batch.index)) runner.expect(sh);
 
-  LapTimer t;
   BatchAdapters adapters(sites, batch_rows, o.lora_rank, param_type, device);
   runner.bind(&adapters, &adam);
+  if (device.is_cuda() && !plan.batches.empty()) {
+    // One-time device warm-up, timed apart (TttResult::warmup_seconds): the
+    // first step's shape on dummy rows (token 0, nothing trained on) loads
+    // its kernels and sets up the libraries' handles and workspaces on this
+    // stream, as a warm process -- the reference's, after training -- has
+    // them. Adapters and optimizer are reset before the first batch.
+    LapTimer w;
+    const TttStepShape& sh = shapes.at(plan.batches.front().index).front();
+    std::vector<uint64_t> keys(size_t(batch_rows), 0);
+    adapters.reset(o.seed, keys);
+    adam.reset(adapters.params());
+    const int64_t first = std::max<int64_t>(sh.first_row, 0);
+    const TttStepInputs dummy{at::zeros({sh.rows, sh.width}, at::kLong), at::zeros({sh.rows, sh.width}, at::kLong),
+                              at::arange(first, first + sh.rows, at::kLong), at::zeros({sh.rows}, param_type)};
+    HostCopy(runner.run(sh, dummy).nll).wait();  // its work done before the timed steps
+    r.warmup_seconds = w.lap();
+  }
+  std::optional<DeviceClock> clock;  // first: it waits for the device, then both clocks start
+  if (o.timeline) clock.emplace(device);
+  const auto loop_start = std::chrono::steady_clock::now();
+  auto host_ms = [&] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - loop_start).count();
+  };
+  LapTimer t;
   for (const TttBatch& batch : plan.batches) {
     // Row keys: the documents', and for the rows a short batch adds, values
     // no document index takes.
@@ -319,9 +344,15 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const std::vector<int64_t> rows = ttt_step_rows(st, shape.rows);
       if (int64_t(rows.size()) != shape.rows || (shape.first_row >= 0 && rows.front() != shape.first_row))
         throw std::logic_error("run_ttt: a step's rows do not match its shape");
+      const double issue = o.timeline ? host_ms() : 0.0;
       const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
       r.host_prepare += t.lap();
       const TttStepScores sc = runner.run(shape, in);
+      if (o.timeline) {
+        clock->mark();
+        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, shape.base, runner.last_run(), issue,
+                              host_ms(), 0.0});
+      }
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.
       pending.push_back(Pending{st, rows, HostCopy(sc.nll), sc.base.defined() ? HostCopy(sc.base) : HostCopy(),
@@ -330,12 +361,16 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       r.updates += st.update ? o.grad_steps : 0;
       r.tokens_in += rows.size() * st.width;
       t.lap();  // the step's own parts are in runner.seconds()
-      read_back(4);
+      read_back(16);
       r.host_read_back += t.lap();
     }
   }
   read_back(0);
   r.host_read_back += t.lap();
+  if (o.timeline) {
+    const std::vector<double> done = clock->millis();
+    for (size_t i = 0; i < done.size(); ++i) r.timeline[i].device_end = done[i];
+  }
   r.host_forward = runner.seconds().forward;
   r.host_backward = runner.seconds().backward;
   r.host_update = runner.seconds().update;

@@ -55,6 +55,7 @@ struct TttOptions {
   bool base = true;             // also score the same targets without TTT
   bool record_targets = false;  // fill TttResult::target_* (tests, --audit)
   bool cuda_graphs = true;      // replay repeated step shapes from CUDA graphs (ttt/ttt_step.h)
+  bool timeline = false;        // fill TttResult::timeline
   std::function<void(uint64_t done, uint64_t total)> progress;  // targets scored so far, to score
 
   // The reference recipes: "lora-0317" (rank 8 on q, v, head; C 256, L 1024;
@@ -75,6 +76,18 @@ struct TttChunkTotals {
   double nll = 0, base_nll = 0;  // base_nll: NaN when not computed
 };
 
+// One step's times (TttOptions::timeline), in milliseconds from the loop's
+// start: when the host began and finished issuing it, and when the device
+// finished it (a mark queued after it; on the CPU, host time). Where the
+// device finished a step before the host had issued the next, it waited.
+struct TttStepTime {
+  uint32_t batch = 0, step = 0;
+  int64_t rows = 0, width = 0;
+  bool update = false, base = false;
+  char run = 0;  // TttStepRunner::last_run()
+  double host_begin = 0, host_end = 0, device_end = 0;
+};
+
 struct TttResult {
   double nll_sum = 0, base_nll_sum = 0;  // nats over the scored targets, with / without TTT
   uint64_t targets = 0, bytes = 0;
@@ -89,9 +102,11 @@ struct TttResult {
   double host_prepare = 0, host_forward = 0, host_backward = 0, host_update = 0, host_replay = 0,
          host_read_back = 0;
   int64_t graph_replays = 0, graph_captures = 0;  // steps replayed from a CUDA graph; graphs captured
+  double warmup_seconds = 0;  // the device warm-up before the steps (CUDA), not part of the TTT work
   // Per document (TttPlan::docs index; the dump hook's per-document arrays).
   std::vector<DocumentTotals> docs, base_docs;
   std::vector<TttChunkTotals> chunks;
+  std::vector<TttStepTime> timeline;  // with TttOptions::timeline, in step order
   // With TttOptions::record_targets, by target position (size used_tokens):
   // the NLL with and without TTT (NaN where not scored) and the times scored.
   std::vector<double> target_nll, target_base_nll;

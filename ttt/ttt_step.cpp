@@ -161,6 +161,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     upload(b);
     warm_ = true;
     warm_update_ |= sh.update;
+    last_run_ = 'e';
     return step(sh, b, /*timed=*/true);
   }
 #if PGOLF_WITH_CUDA
@@ -181,7 +182,9 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     g->graph.capture_end();
     it = graph_.emplace(sh, std::move(g)).first;
     ++captures_;
+    last_run_ = 'c';
   } else {
+    last_run_ = 'r';
     TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
     for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
                             {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})

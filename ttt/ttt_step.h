@@ -72,6 +72,9 @@ class TttStepRunner {
   void expect(const TttStepShape& shape) { ++expected_[shape]; }
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
 
+  // How the last run() ran its step: 'e' eagerly, 'c' captured (then
+  // replayed), 'r' replayed.
+  char last_run() const { return last_run_; }
   int64_t replays() const { return replays_; }
   int64_t captures() const { return captures_; }
   const TttStepSeconds& seconds() const { return seconds_; }
@@ -96,6 +99,7 @@ class TttStepRunner {
   bool full_ = false;                          // no more captures: the graphs hold half the device
   std::map<TttStepShape, std::unique_ptr<Graph>> graph_;
   int64_t replays_ = 0, captures_ = 0;
+  char last_run_ = 0;
   TttStepSeconds seconds_;
 };
 

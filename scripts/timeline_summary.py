@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Summarize `pgolf ttt --timeline FILE.tsv`: where the device waited for the
+host and how long each step shape kept it busy. A step starts on the device
+once the previous step is done and the host has issued it (for a replay, when
+its launch returns), so per step: wait = max(0, host_end - previous
+device_end) and device time = device_end - max(previous device_end, host_end)
+(for eager steps and captures, whose kernels start while the host still
+issues them, the split is approximate)."""
+import collections, csv, sys
+
+def main(path):
+    rows = list(csv.DictReader(open(path), delimiter="\t"))
+    if not rows:
+        print("timeline: no steps"); return
+    prev = 0.0
+    wait_by = collections.defaultdict(float)
+    shapes = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for r in rows:
+        hb, he, de = float(r["host_begin_ms"]), float(r["host_end_ms"]), float(r["device_end_ms"])
+        wait = max(0.0, he - prev)
+        wait_by[r["run"]] += wait
+        key = f'{r["rows"]:>3}x{r["width"]:<5} {"upd" if r["update"] == "1" else "   "} {"base" if r["base"] == "1" else "    "}'
+        s = shapes[key]
+        s[0] += 1
+        s[1] += de - max(prev, he)
+        s[2] += he - hb
+        s[3] += wait
+        prev = de
+    end = float(rows[-1]["device_end_ms"])
+    waits = sum(wait_by.values())
+    print(f"timeline: {len(rows)} steps, {end:.1f} ms to the last step's end; device waited for the host "
+          f"{waits:.1f} ms (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wait_by.items())) + ")")
+    print("shape              steps  device ms/step  host ms/step  waits ms (total)")
+    for key, (n, dev, host, w) in sorted(shapes.items(), key=lambda kv: -kv[1][1]):
+        print(f"{key}  {n:5d}  {dev/n:14.2f}  {host/n:12.2f}  {w:8.1f}")
+
+if __name__ == "__main__":
+    main(sys.argv[1])
