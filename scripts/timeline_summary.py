@@ -30,6 +30,12 @@ def main(path):
     waits = sum(wait_by.values())
     print(f"timeline: {len(rows)} steps, {end:.1f} ms to the last step's end; device waited for the host "
           f"{waits:.1f} ms (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wait_by.items())) + ")")
+    caps = [r for r in rows if r["run"] == "capture"]
+    if caps and "capture_ms" in rows[0]:
+        mean = lambda k: sum(float(r[k]) for r in caps) / len(caps)
+        print(f"captures: {len(caps)}, host ms each: capture {mean('capture_ms'):.1f}, instantiate "
+              f"{mean('instantiate_ms'):.1f}, first launch {mean('launch_ms'):.1f}; replays' launch "
+              f"{sum(float(r['launch_ms']) for r in rows if r['run'] == 'replay'):.1f} ms in all")
     print("shape              steps  device ms/step  host ms/step  waits ms (total)")
     for key, (n, dev, host, w) in sorted(shapes.items(), key=lambda kv: -kv[1][1]):
         print(f"{key}  {n:5d}  {dev/n:14.2f}  {host/n:12.2f}  {w:8.1f}")

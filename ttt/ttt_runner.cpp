@@ -350,8 +350,9 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const TttStepScores sc = runner.run(shape, in);
       if (o.timeline) {
         clock->mark();
-        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, shape.base, runner.last_run(), issue,
-                              host_ms(), 0.0});
+        const TttStepRunner::LastRunTimes& lr = runner.last_run();
+        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, shape.base, lr.run, issue,
+                              host_ms(), 0.0, lr.capture_ms, lr.instantiate_ms, lr.launch_ms});
       }
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.

@@ -84,8 +84,9 @@ struct TttStepTime {
   uint32_t batch = 0, step = 0;
   int64_t rows = 0, width = 0;
   bool update = false, base = false;
-  char run = 0;  // TttStepRunner::last_run()
+  char run = 0;  // TttStepRunner::last_run(): 'e' eager, 'c' capture, 'r' replay
   double host_begin = 0, host_end = 0, device_end = 0;
+  double capture = 0, instantiate = 0, launch = 0;  // host ms in each (TttStepRunner::last_run())
 };
 
 struct TttResult {

@@ -150,6 +150,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     b.adapter_rows = to_device(in.adapter_rows, device_);
     b.train_weight = to_device(in.train_weight, device_);
   };
+  last_ = LastRunTimes{};
   auto it = graph_.find(sh);
   const bool warm = warm_ && (warm_update_ || !sh.update);
   bool capture = it == graph_.end() && graphs_ && warm && expected_[sh] >= 2 && graph_.size() < kMaxGraphs && !full_;
@@ -161,7 +162,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     upload(b);
     warm_ = true;
     warm_update_ |= sh.update;
-    last_run_ = 'e';
+    last_.run = 'e';
     return step(sh, b, /*timed=*/true);
   }
 #if PGOLF_WITH_CUDA
@@ -179,12 +180,14 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     else
       g->graph.capture_begin(graph_.begin()->second->graph.pool());
     g->out = step(sh, g->in, /*timed=*/false);
-    g->graph.capture_end();
+    last_.capture_ms = 1e3 * t.lap();
+    g->graph.capture_end();  // and instantiation
+    last_.instantiate_ms = 1e3 * t.lap();
     it = graph_.emplace(sh, std::move(g)).first;
     ++captures_;
-    last_run_ = 'c';
+    last_.run = 'c';
   } else {
-    last_run_ = 'r';
+    last_.run = 'r';
     TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
     for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
                             {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})
@@ -192,7 +195,8 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   }
   it->second->graph.replay();
   ++replays_;
-  seconds_.replay += t.lap();
+  last_.launch_ms = 1e3 * t.lap();
+  seconds_.replay += 1e-3 * (last_.capture_ms + last_.instantiate_ms + last_.launch_ms);
   return it->second->out;
 #else
   throw std::logic_error("TttStepRunner: graphs need a CUDA build");

@@ -72,9 +72,14 @@ class TttStepRunner {
   void expect(const TttStepShape& shape) { ++expected_[shape]; }
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
 
-  // How the last run() ran its step: 'e' eagerly, 'c' captured (then
-  // replayed), 'r' replayed.
-  char last_run() const { return last_run_; }
+  // How the last run() ran its step -- run: 'e' eagerly, 'c' captured (then
+  // replayed), 'r' replayed -- and its host milliseconds in the capture, the
+  // graph's instantiation and the launch with its input refill (0 where none).
+  struct LastRunTimes {
+    char run = 0;
+    double capture_ms = 0, instantiate_ms = 0, launch_ms = 0;
+  };
+  const LastRunTimes& last_run() const { return last_; }
   int64_t replays() const { return replays_; }
   int64_t captures() const { return captures_; }
   const TttStepSeconds& seconds() const { return seconds_; }
@@ -99,7 +104,7 @@ class TttStepRunner {
   bool full_ = false;                          // no more captures: the graphs hold half the device
   std::map<TttStepShape, std::unique_ptr<Graph>> graph_;
   int64_t replays_ = 0, captures_ = 0;
-  char last_run_ = 0;
+  LastRunTimes last_;
   TttStepSeconds seconds_;
 };
 
