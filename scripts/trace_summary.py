@@ -11,7 +11,7 @@ import json, sys, collections
 
 def main(path, top=25):
     ev = json.load(open(path))
-    ev = ev.get("traceEvents", ev)
+    ev = ev.get("traceEvents", ev) if isinstance(ev, dict) else ev
     by = collections.defaultdict(lambda: [0.0, 0])
     t0, t1, busy = None, None, 0.0
     for e in ev:
@@ -39,6 +39,7 @@ def main(path, top=25):
             print(f"host: {title} by total time")
             for name, (d, n) in sorted(host.items(), key=lambda kv: -kv[1][0])[:12]:
                 print(f"{d/1e3:9.1f} ms {n:7d}x  {name[:100]}")
+    graph_launches(ev)
 
 def graph_launches(ev, top=25):
     launches = sorted((float(e["ts"]), float(e.get("dur", 0)), e.get("args", {}).get("correlation"))
@@ -90,5 +91,3 @@ def graph_launches(ev, top=25):
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)
-    trace = json.load(open(sys.argv[1]))
-    graph_launches(trace.get("traceEvents", trace) if isinstance(trace, dict) else trace)

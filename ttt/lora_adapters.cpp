@@ -110,20 +110,9 @@ BatchAdapters::BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int6
     b_offsets_.push_back(total);
     total += rows * s.out * rank;
   }
-  c10::NoGradGuard no_grad;
   params_ = at::zeros({total}, at::TensorOptions().dtype(dtype).device(device));
   grad_ = at::zeros_like(params_);
-  for (size_t k = 0; k < sites_.size(); ++k) {
-    const LoraSiteSpec& s = sites_[k];
-    auto leaf = [&](int64_t off, std::vector<int64_t> shape) {
-      const int64_t n = shape[0] * shape[1] * shape[2];
-      at::Tensor t = params_.narrow(0, off, n).view(shape).detach();
-      t.set_requires_grad(true);
-      t.mutable_grad() = grad_.narrow(0, off, n).view(shape);
-      return t;
-    };
-    leaves_.adapters[s.key] = {leaf(a_offsets_[k], {rows_, rank_, s.in}), leaf(b_offsets_[k], {rows_, s.out, rank_})};
-  }
+  leaves_ = make_leaves(0, rows_);
   // Runs of sites to initialise together: same input width, a bounded
   // number of elements (the generator's int64 temporaries).
   const int64_t max_elements = int64_t(1) << 24;
@@ -170,6 +159,23 @@ void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) 
 
 LoraSet BatchAdapters::views() const { return leaves_; }
 
+LoraSet BatchAdapters::make_leaves(int64_t first, int64_t count) const {
+  c10::NoGradGuard no_grad;
+  LoraSet set;
+  for (size_t k = 0; k < sites_.size(); ++k) {
+    const LoraSiteSpec& s = sites_[k];
+    auto leaf = [&](int64_t off, int64_t per_row, std::vector<int64_t> shape) {
+      at::Tensor t = params_.narrow(0, off + first * per_row, count * per_row).view(shape).detach();
+      t.set_requires_grad(true);
+      t.mutable_grad() = grad_.narrow(0, off + first * per_row, count * per_row).view(shape);
+      return t;
+    };
+    set.adapters[s.key] = {leaf(a_offsets_[k], rank_ * s.in, {count, rank_, s.in}),
+                           leaf(b_offsets_[k], s.out * rank_, {count, s.out, rank_})};
+  }
+  return set;
+}
+
 LoraSet BatchAdapters::views(int64_t first, int64_t count) const {
   if (first == 0 && count == rows_) return leaves_;
   if (first < 0 || count < 1 || first + count > rows_) throw Error("ttt: adapter rows out of range");
@@ -177,20 +183,7 @@ LoraSet BatchAdapters::views(int64_t first, int64_t count) const {
   // part of the gradient: backward adds into it directly, where a narrow of
   // the whole leaf would build and add a zero-filled whole-site gradient.
   LoraSet& set = range_leaves_[{first, count}];
-  if (set.adapters.empty()) {
-    c10::NoGradGuard no_grad;
-    for (size_t k = 0; k < sites_.size(); ++k) {
-      const LoraSiteSpec& s = sites_[k];
-      auto leaf = [&](int64_t off, int64_t per_row, std::vector<int64_t> shape) {
-        at::Tensor t = params_.narrow(0, off + first * per_row, count * per_row).view(shape).detach();
-        t.set_requires_grad(true);
-        t.mutable_grad() = grad_.narrow(0, off + first * per_row, count * per_row).view(shape);
-        return t;
-      };
-      set.adapters[s.key] = {leaf(a_offsets_[k], rank_ * s.in, {count, rank_, s.in}),
-                             leaf(b_offsets_[k], s.out * rank_, {count, s.out, rank_})};
-    }
-  }
+  if (set.adapters.empty()) set = make_leaves(first, count);
   return set;
 }
 

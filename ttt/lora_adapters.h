@@ -79,6 +79,9 @@ class BatchAdapters {
   };
   std::vector<InitRun> init_runs_;
   at::Tensor params_, grad_;
+  // Leaves over rows [first, first + count) of every site, gradients set to
+  // the same part of grad_.
+  LoraSet make_leaves(int64_t first, int64_t count) const;
   LoraSet leaves_;
   mutable std::map<std::pair<int64_t, int64_t>, LoraSet> range_leaves_;  // by (first, count)
 };

@@ -101,7 +101,6 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b
   fo.positions = sc.positions;
   fo.flash_backward = true;
   auto adapters = [&] {
-    if (sh.first_row == 0 && sh.rows == adapters_->rows()) return adapters_->views();  // no narrow to differentiate
     return sh.first_row >= 0 ? adapters_->views(sh.first_row, sh.rows) : adapters_->views(b.adapter_rows);
   };
   LoraSet lora = adapters();
