@@ -33,12 +33,4 @@ const at::Tensor& HostCopy::wait() {
   return host_;
 }
 
-bool HostCopy::done() {
-#if PGOLF_WITH_CUDA
-  if (event_ && !static_cast<at::cuda::CUDAEvent*>(event_.get())->query()) return false;
-  event_.reset();
-#endif
-  return true;
-}
-
 }  // namespace pgolf

@@ -15,8 +15,6 @@ class HostCopy {
   explicit HostCopy(const at::Tensor& t);  // CPU tensors: kept as they are
   // The host tensor, once the copy has landed.
   const at::Tensor& wait();
-  // Whether the copy has landed, without waiting.
-  bool done();
   bool defined() const { return host_.defined(); }
 
  private:

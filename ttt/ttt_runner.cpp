@@ -7,7 +7,6 @@
 #include <limits>
 #include <map>
 #include <optional>
-#include <thread>
 
 #include "data/byte_counter.h"
 #include "data/error.h"
@@ -33,12 +32,6 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // Steps whose scores may still be on the device before the host waits for the
 // oldest: the host stays this far ahead of the GPU.
 constexpr size_t kReadBackDepth = 16;
-// Steps queued on the device at most. A launch into a full queue waits inside
-// the CUDA driver and meanwhile holds up the capture thread's recording of
-// later shapes' graphs (ttt/ttt_step.h) several-fold; the host waits here
-// instead, polling, until the step this many back is done. Three steps keep
-// the GPU fed: the shortest takes ~3 ms, issuing one a fraction of that.
-constexpr size_t kQueuedSteps = 3;
 
 // One step's inputs: inputs / targets [rows, width] int64, right-padded with
 // token 0 as the reference pads (finished rows all 0); 1 for each row with a
@@ -351,11 +344,6 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     adam.reset(adapters.params());
     ++r.batches;
     for (uint32_t s = 0; s < batch.num_steps; ++s) {
-      if (pending.size() >= kQueuedSteps) {
-        for (HostCopy& c = pending[pending.size() - kQueuedSteps].nll; !c.done();)
-          std::this_thread::sleep_for(std::chrono::microseconds(50));
-        r.host_read_back += t.lap();
-      }
       const TttStep st = ttt_padded_step(plan, batch, s, batch_rows);
       const TttStepShape& shape = shapes.at(batch.index)[s];
       const std::vector<int64_t> rows = ttt_step_rows(st, shape.rows);
