@@ -13,9 +13,6 @@
 #include <set>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #endif
-#if PGOLF_WITH_CUDA  // graph capture (in the precompiled header, so not macro-gated like the ones below)
-#include <ATen/cuda/CUDAGraph.h>
-#endif
 #if defined(PGOLF_COMPAT_C10D)  // c10d, for model/distributed.cpp only (see below)
 #include <chrono>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -187,27 +184,6 @@ inline void stop_profiler(const std::string& path) { torch::autograd::profiler::
 constexpr bool has_profiler = false;
 inline void start_profiler() { throw std::runtime_error("profiling needs a CUDA build of libtorch >= 2.0"); }
 inline void stop_profiler(const std::string&) {}
-#endif
-
-// CUDA graphs recorded on a second host thread (ttt/ttt_step.cpp): a capture
-// in thread-local mode, which other threads' CUDA calls (event waits, copies,
-// launches on other streams) neither break nor join, and a graph memory pool
-// made before the first capture; from 2.4 on. Before, TTT records no graphs
-// (its steps run eagerly).
-#if PGOLF_WITH_CUDA
-#if PGOLF_TORCH_AT_LEAST(2, 4)
-constexpr bool has_threaded_capture = true;
-inline at::cuda::MempoolId_t new_graph_pool() { return at::cuda::graph_pool_handle(); }
-inline void capture_begin_thread_local(at::cuda::CUDAGraph& g, at::cuda::MempoolId_t pool) {
-  g.capture_begin(pool, cudaStreamCaptureModeThreadLocal);
-}
-#else
-constexpr bool has_threaded_capture = false;
-inline at::cuda::MempoolId_t new_graph_pool() { return {0, 0}; }
-inline void capture_begin_thread_local(at::cuda::CUDAGraph&, at::cuda::MempoolId_t) {
-  throw std::runtime_error("CUDA graphs on a second thread need libtorch >= 2.4");
-}
-#endif
 #endif
 
 // c10d (model/distributed.cpp, the only file that defines PGOLF_COMPAT_C10D).

@@ -18,7 +18,7 @@ def main(path):
     for r in rows:
         hb, he, de = float(r["host_begin_ms"]), float(r["host_end_ms"]), float(r["device_end_ms"])
         wait = max(0.0, he - prev)
-        wait_by[r["run"]] += wait  # eager, first (replay of a new graph), replay
+        wait_by[r["run"]] += wait
         key = f'{r["rows"]:>3}x{r["width"]:<5} {"upd" if r["update"] == "1" else "   "} {"base" if r["base"] == "1" else "    "}'
         s = shapes[key]
         s[0] += 1
@@ -30,9 +30,12 @@ def main(path):
     waits = sum(wait_by.values())
     print(f"timeline: {len(rows)} steps, {end:.1f} ms to the last step's end; device waited for the host "
           f"{waits:.1f} ms (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wait_by.items())) + ")")
-    waited = [float(r["capture_wait_ms"]) for r in rows if float(r.get("capture_wait_ms") or 0) > 0]
-    print(f"graphs recorded on the capture thread: the steps waited for {len(waited)} of them, "
-          f"{sum(waited):.1f} ms in all; launches {sum(float(r['launch_ms']) for r in rows):.1f} ms in all")
+    caps = [r for r in rows if r["run"] == "capture"]
+    if caps and "capture_ms" in rows[0]:
+        mean = lambda k: sum(float(r[k]) for r in caps) / len(caps)
+        print(f"captures: {len(caps)}, host ms each: capture {mean('capture_ms'):.1f}, instantiate "
+              f"{mean('instantiate_ms'):.1f}, first launch {mean('launch_ms'):.1f}; replays' launch "
+              f"{sum(float(r['launch_ms']) for r in rows if r['run'] == 'replay'):.1f} ms in all")
     print("shape              steps  device ms/step  host ms/step  waits ms (total)")
     for key, (n, dev, host, w) in sorted(shapes.items(), key=lambda kv: -kv[1][1]):
         print(f"{key}  {n:5d}  {dev/n:14.2f}  {host/n:12.2f}  {w:8.1f}")

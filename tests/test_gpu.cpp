@@ -432,8 +432,7 @@ TEST_F(Cuda, TttIsDeterministicForASeed) {
 
 // Steps replayed from CUDA graphs give the eager steps' numbers bit for bit
 // (the same kernels on the same shapes), with and without base scores, and
-// a batch size change (new adapters) between them. The graphs are recorded
-// on a second host thread while the first runs steps.
+// a batch size change (new adapters) between them.
 TEST_F(Cuda, TttCudaGraphsGiveTheEagerNumbers) {
   WideModel m;
   TttOptions o = small_ttt_options(48, 4);
@@ -445,7 +444,6 @@ TEST_F(Cuda, TttCudaGraphsGiveTheEagerNumbers) {
     const TttResult graphs = run_ttt(m.w, m.tok, m.bc, o);
     EXPECT_EQ(eager.graph_replays, 0);
     EXPECT_GT(graphs.graph_replays, int64_t(graphs.steps / 2)) << "captures " << graphs.graph_captures;
-    EXPECT_GT(graphs.capture_seconds, 0.0);
     expect_same_scores(graphs, eager);
   }
 }

@@ -199,14 +199,14 @@ void write_ttt_dump(const TttArgs& a, const TttOptions& o, const TttResult& r,
 // One line per step (rank 0's): milliseconds from the step loop's start.
 void write_timeline(const std::string& path, const std::vector<TttStepTime>& steps) {
   std::string out =
-      "batch\tstep\trows\twidth\tupdate\tbase\trun\thost_begin_ms\thost_end_ms\tdevice_end_ms\t"
-      "capture_wait_ms\tlaunch_ms\n";
+      "batch\tstep\trows\twidth\tupdate\tbase\trun\thost_begin_ms\thost_end_ms\tdevice_end_ms\tcapture_ms\t"
+      "instantiate_ms\tlaunch_ms\n";
   char line[320];
   for (const TttStepTime& s : steps) {
-    std::snprintf(line, sizeof line, "%u\t%u\t%lld\t%lld\t%d\t%d\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\n", s.batch,
+    std::snprintf(line, sizeof line, "%u\t%u\t%lld\t%lld\t%d\t%d\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\n", s.batch,
                   s.step, static_cast<long long>(s.rows), static_cast<long long>(s.width), int(s.update), int(s.base),
-                  s.run == 'e' ? "eager" : s.run == 'f' ? "first" : "replay", s.host_begin, s.host_end, s.device_end,
-                  s.capture_wait, s.launch);
+                  s.run == 'e' ? "eager" : s.run == 'c' ? "capture" : "replay", s.host_begin, s.host_end, s.device_end,
+                  s.capture, s.instantiate, s.launch);
     out += line;
   }
   write_file_atomic(path, out);
@@ -283,13 +283,6 @@ void run_ttt_command(const TttArgs& a) {
                with_commas(docs).c_str(), with_commas(r.batches).c_str(), with_commas(r.steps).c_str(),
                with_commas(uint64_t(r.graph_replays)).c_str(), with_commas(uint64_t(r.graph_captures)).c_str(),
                with_commas(r.updates).c_str());
-  if (r.graph_captures > 0)
-    std::fprintf(stderr, "%-10s %.2f s recording them on a second thread; the steps waited %.2f s for them\n", "graphs",
-                 r.capture_seconds, r.capture_wait_seconds);
-  for (const TttGraphTime& g : r.graph_times)
-    std::fprintf(stderr, "%-10s %lldx%lld%s%s: done at %.1f ms (prepare %.1f, record %.1f, end %.1f ms; %lld new segments)\n",
-                 "graph", static_cast<long long>(g.rows), static_cast<long long>(g.width), g.update ? " upd" : "",
-                 g.base ? " base" : "", g.done, g.prep, g.record, g.end, static_cast<long long>(g.new_segments));
   std::fprintf(stderr, "%-10s %s scored targets/s (%.2f s ttt, %.2f s device warm-up, %.2f s wall)\n", "speed",
                with_commas(uint64_t(double(r.targets) / std::max(ttt_s, 1e-9))).c_str(), ttt_s, r.warmup_seconds,
                wall);
@@ -316,8 +309,6 @@ void run_ttt_command(const TttArgs& a) {
                                 {"replay", r.host_replay}, {"read_back", r.host_read_back}}},
               {"graph_replays", r.graph_replays},
               {"graph_captures", r.graph_captures},
-              {"capture_seconds", r.capture_seconds},
-              {"capture_wait_seconds", r.capture_wait_seconds},
               {"targets_per_second", double(r.targets) / std::max(ttt_s, 1e-9)},
               {"device", dev.device_name},
               {"precision", dev.precision_name},

@@ -29,9 +29,6 @@ namespace pgolf {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-// Steps whose scores may still be on the device before the host waits for the
-// oldest: the host stays this far ahead of the GPU.
-constexpr size_t kReadBackDepth = 16;
 
 // One step's inputs: inputs / targets [rows, width] int64, right-padded with
 // token 0 as the reference pads (finished rows all 0); 1 for each row with a
@@ -312,9 +309,8 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     // One-time device warm-up, timed apart (TttResult::warmup_seconds): the
     // first step's shape on dummy rows (token 0, nothing trained on) loads
     // its kernels and sets up the libraries' handles and workspaces on this
-    // thread's stream and the capture thread's, as a warm process -- the
-    // reference's, after training -- has them. Adapters and optimizer are
-    // reset before the first batch.
+    // stream, as a warm process -- the reference's, after training -- has
+    // them. Adapters and optimizer are reset before the first batch.
     LapTimer w;
     const TttStepShape& sh = shapes.at(plan.batches.front().index).front();
     std::vector<uint64_t> keys(size_t(batch_rows), 0);
@@ -323,7 +319,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     const int64_t first = std::max<int64_t>(sh.first_row, 0);
     const TttStepInputs dummy{at::zeros({sh.rows, sh.width}, at::kLong), at::zeros({sh.rows, sh.width}, at::kLong),
                               at::arange(first, first + sh.rows, at::kLong), at::zeros({sh.rows}, param_type)};
-    runner.warm_up(sh, dummy);  // its work done before the timed steps
+    HostCopy(runner.run(sh, dummy).nll).wait();  // its work done before the timed steps
     r.warmup_seconds = w.lap();
   }
   std::optional<DeviceClock> clock;  // first: it waits for the device, then both clocks start
@@ -332,7 +328,6 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   auto host_ms = [&] {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - loop_start).count();
   };
-  runner.start_captures();  // after the clock: its start waits for the whole device
   LapTimer t;
   for (const TttBatch& batch : plan.batches) {
     // Row keys: the documents', and for the rows a short batch adds, values
@@ -357,7 +352,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
         clock->mark();
         const TttStepRunner::LastRunTimes& lr = runner.last_run();
         r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, shape.base, lr.run, issue,
-                              host_ms(), 0.0, lr.capture_wait_ms, lr.launch_ms});
+                              host_ms(), 0.0, lr.capture_ms, lr.instantiate_ms, lr.launch_ms});
       }
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.
@@ -367,20 +362,15 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       r.updates += st.update ? o.grad_steps : 0;
       r.tokens_in += rows.size() * st.width;
       t.lap();  // the step's own parts are in runner.seconds()
-      read_back(kReadBackDepth);
+      read_back(16);
       r.host_read_back += t.lap();
     }
   }
   read_back(0);
   r.host_read_back += t.lap();
-  runner.finish_captures();  // all made by now: every shape it records has come
   if (o.timeline) {
     const std::vector<double> done = clock->millis();
     for (size_t i = 0; i < done.size(); ++i) r.timeline[i].device_end = done[i];
-    for (const TttStepRunner::CaptureTime& c : runner.capture_times())
-      r.graph_times.push_back({c.shape.rows, c.shape.width, c.shape.update, c.shape.base, c.prep_ms, c.record_ms,
-                               c.end_ms, std::chrono::duration<double, std::milli>(c.done - loop_start).count(),
-                               c.new_segments});
   }
   r.host_forward = runner.seconds().forward;
   r.host_backward = runner.seconds().backward;
@@ -388,8 +378,6 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   r.host_replay = runner.seconds().replay;
   r.graph_replays = runner.replays();
   r.graph_captures = runner.captures();
-  r.capture_seconds = runner.capture_seconds();
-  r.capture_wait_seconds = runner.seconds().capture_wait;
   r.totals_from_docs();
   return r;
 }

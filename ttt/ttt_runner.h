@@ -84,19 +84,9 @@ struct TttStepTime {
   uint32_t batch = 0, step = 0;
   int64_t rows = 0, width = 0;
   bool update = false, base = false;
-  char run = 0;  // TttStepRunner::last_run(): 'e' eager, 'f' first replay of its graph, 'r' replay
+  char run = 0;  // TttStepRunner::last_run(): 'e' eager, 'c' capture, 'r' replay
   double host_begin = 0, host_end = 0, device_end = 0;
-  double capture_wait = 0, launch = 0;  // host ms in each (TttStepRunner::last_run())
-};
-
-// One CUDA graph as the capture thread made it (TttStepRunner::CaptureTime),
-// with --timeline: host ms preparing, recording, ending the capture; memory
-// segments added meanwhile; when it was done, in ms from the step loop's start.
-struct TttGraphTime {
-  int64_t rows = 0, width = 0;
-  bool update = false, base = false;
-  double prep = 0, record = 0, end = 0, done = 0;
-  int64_t new_segments = 0;
+  double capture = 0, instantiate = 0, launch = 0;  // host ms in each (TttStepRunner::last_run())
 };
 
 struct TttResult {
@@ -113,15 +103,11 @@ struct TttResult {
   double host_prepare = 0, host_forward = 0, host_backward = 0, host_update = 0, host_replay = 0,
          host_read_back = 0;
   int64_t graph_replays = 0, graph_captures = 0;  // steps replayed from a CUDA graph; graphs captured
-  // Host seconds the capture thread recorded graphs, and the step loop waited
-  // for a graph not recorded yet (ttt/ttt_step.h).
-  double capture_seconds = 0, capture_wait_seconds = 0;
   double warmup_seconds = 0;  // the device warm-up before the steps (CUDA), not part of the TTT work
   // Per document (TttPlan::docs index; the dump hook's per-document arrays).
   std::vector<DocumentTotals> docs, base_docs;
   std::vector<TttChunkTotals> chunks;
   std::vector<TttStepTime> timeline;  // with TttOptions::timeline, in step order
-  std::vector<TttGraphTime> graph_times;  // with TttOptions::timeline, in capture order
   // With TttOptions::record_targets, by target position (size used_tokens):
   // the NLL with and without TTT (NaN where not scored) and the times scored.
   std::vector<double> target_nll, target_base_nll;
