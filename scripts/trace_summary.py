@@ -39,6 +39,13 @@ def main(path, top=25):
             print(f"host: {title} by total time")
             for name, (d, n) in sorted(host.items(), key=lambda kv: -kv[1][0])[:12]:
                 print(f"{d/1e3:9.1f} ms {n:7d}x  {name[:100]}")
+    calls = [e for e in ev if e.get("ph") == "X" and e.get("cat") == "cuda_runtime"]
+    if calls:  # single calls that block: which call, on which host thread, when
+        c0 = min(float(e["ts"]) for e in calls)
+        print("host: the longest CUDA runtime calls (thread, start ms, ms)")
+        for e in sorted(calls, key=lambda e: -float(e.get("dur", 0)))[:20]:
+            print(f"  tid {str(e.get('tid', '?')):>8}  {(float(e['ts']) - c0)/1e3:8.1f}  {float(e.get('dur', 0))/1e3:8.2f}  "
+                  f"{e.get('name', '?')[:60]}")
     graph_launches(ev)
 
 def graph_launches(ev, top=25):
