@@ -763,6 +763,18 @@ bool vec_ok(int64_t d, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// q/k norm + RoPE's vector path (forward and backward share its lane layout):
+// lanes per unit, the power of two >= hd / 8, or 0 where the path does not
+// apply (head dims over 256, rotated halves not in whole chunks, too many
+// threads, unaligned pointers).
+int qk_vec_lanes(int64_t hd, int64_t half, int64_t units, std::initializer_list<const void*> ptrs) {
+  int lanes = 1;
+  while (lanes * 8 < hd) lanes *= 2;
+  const bool ok = hd <= 256 && half % 8 == 0 && 2 * half <= hd && units * lanes < (int64_t(1) << 31) &&
+                  vec_ok(hd, ptrs);
+  return ok ? lanes : 0;
+}
+
 // Elementwise kernels: chunks of 8 for the vector path (the tail after them
 // scalar), else 0; the grid for that much work.
 int64_t vec_chunks(bool vec, int64_t numel) { return vec ? numel / 8 : 0; }
@@ -852,10 +864,8 @@ at::Tensor qk_norm_rope(const at::Tensor& q, int64_t heads, const at::Tensor& co
   if (units == 0) return out;
   const float* g = gain.defined() ? gain.data_ptr<float>() : nullptr;
   auto stream = at::cuda::getCurrentCUDAStream();
-  int lanes = 1;  // per unit in the vector path: 2^m >= hd / 8
-  while (lanes * 8 < hd) lanes *= 2;
-  if (hd <= 256 && half % 8 == 0 && 2 * half <= hd && units * lanes < (int64_t(1) << 31) &&
-      vec_ok(hd, {q.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr()})) {
+  const int lanes = qk_vec_lanes(hd, half, units, {q.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr()});
+  if (lanes > 0) {
     const int64_t per_block = int64_t(kQkThreads / lanes) * kQkSteps;  // units
     qk_norm_rope_vec_kernel<<<int((units + per_block - 1) / per_block), kQkThreads, 0, stream>>>(
         bp(q), cos.data_ptr<float>(), sin.data_ptr<float>(), g, bp_out(out), unsigned(units), unsigned(T),
@@ -986,12 +996,12 @@ std::pair<at::Tensor, at::Tensor> qk_norm_rope_backward(const at::Tensor& q, con
   at::Tensor gq = at::empty_like(q);
   const int64_t units = B * T * heads;
   at::Tensor partial = want_ggain ? at::empty({units}, q.options().dtype(at::kFloat)) : at::Tensor();
-  int lanes = 1;  // as qk_norm_rope's vector path
-  while (lanes * 8 < hd) lanes *= 2;
   float* gp = want_ggain ? partial.data_ptr<float>() : nullptr;
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (units > 0 && hd <= 256 && half % 8 == 0 && 2 * half <= hd && units * lanes < (int64_t(1) << 31) &&
-      vec_ok(hd, {q.data_ptr(), gy.data_ptr(), gq.data_ptr(), cos.data_ptr(), sin.data_ptr()})) {
+  const int lanes = units == 0 ? 0
+                                : qk_vec_lanes(hd, half, units,
+                                               {q.data_ptr(), gy.data_ptr(), gq.data_ptr(), cos.data_ptr(), sin.data_ptr()});
+  if (lanes > 0) {
     const int64_t per_block = kQkThreads / lanes;  // units
     qk_norm_rope_bwd_vec_kernel<<<int((units + per_block - 1) / per_block), kQkThreads, 0, stream>>>(
         bp(q), bp(gy), cos.data_ptr<float>(), sin.data_ptr<float>(), fp_or_null(gain), bp_out(gq), gp,
