@@ -19,7 +19,7 @@ def main(path):
         hb, he, de = float(r["host_begin_ms"]), float(r["host_end_ms"]), float(r["device_end_ms"])
         wait = max(0.0, he - prev)
         wait_by[r["run"]] += wait
-        key = f'{r["rows"]:>3}x{r["width"]:<5} {"upd" if r["update"] == "1" else "   "} {"base" if r["base"] == "1" else "    "}'
+        key = f'{r["rows"]:>3}x{r["width"]:<5} {"upd" if r["update"] == "1" else "   "}'
         s = shapes[key]
         s[0] += 1
         s[1] += de - max(prev, he)

@@ -214,12 +214,12 @@ TEST(StepShapes, ShortBatchIsPaddedInFrontAndLastStepTrainsAsItsTwin) {
   EXPECT_EQ(s0.rows[1]->doc, 1u);
   EXPECT_EQ(ttt_step_rows(s0, 1), (std::vector<int64_t>{1}));
   EXPECT_EQ(ttt_step_rows(s0, 2), (std::vector<int64_t>{0, 1}));
-  const auto shapes = ttt_step_shapes(p, true);
+  const auto shapes = ttt_step_shapes(p);
   ASSERT_EQ(shapes.size(), 2u);
-  // {batch rows, rows, width, first row, update, base}
-  EXPECT_EQ(shapes[0], (std::vector<Shape>{{2, 2, 4, 0, false, false}}));
+  // {batch rows, rows, width, first row, update}
+  EXPECT_EQ(shapes[0], (std::vector<Shape>{{2, 2, 4, 0, false}}));
   // The last step (width 8, no update in the plan) runs as step 1's shape.
-  EXPECT_EQ(shapes[1], (std::vector<Shape>{{2, 1, 4, 1, true, false}, {2, 1, 8, 1, true, true}, {2, 1, 8, 1, true, true}}));
+  EXPECT_EQ(shapes[1], (std::vector<Shape>{{2, 1, 4, 1, true}, {2, 1, 8, 1, true}, {2, 1, 8, 1, true}}));
   EXPECT_FALSE(step_at(p, p.batches[1], 2).update);  // the plan itself is unchanged
 }
 
@@ -227,17 +227,14 @@ TEST(StepShapes, OnceOnlyShapeRunsAsTheSmallestRepeatingOneThatHoldsIt) {
   // C 4, L 8, B 4: seven documents of 2 chunks, then one of 3.
   const TttPlan p = plan_of(stream_of({8, 8, 8, 8, 8, 8, 8, 12}), 4, 8, 4);
   ASSERT_EQ(p.batches.size(), 2u);
-  const auto shapes = ttt_step_shapes(p, true);
-  const Shape first{4, 4, 4, 0, true, false}, wide{4, 4, 8, 0, true, true};
+  const auto shapes = ttt_step_shapes(p);
+  const Shape first{4, 4, 4, 0, true}, wide{4, 4, 8, 0, true};
   EXPECT_EQ(shapes[0], (std::vector<Shape>{first, wide}));
-  // Step 2 has one active row ({4, 1, 8, 3, false, true}, once): it runs as
+  // Step 2 has one active row ({4, 1, 8, 3, false}, once): it runs as
   // the 4-row shape with an update, padded with finished rows.
   EXPECT_EQ(shapes[1], (std::vector<Shape>{first, wide, wide}));
   const TttStep s2 = ttt_padded_step(p, p.batches[1], 2, 4);
   EXPECT_EQ(ttt_step_rows(s2, 4), (std::vector<int64_t>{0, 1, 2, 3}));
-  // Without base scores the shapes differ only in that flag.
-  for (const auto& batch : ttt_step_shapes(p, false))
-    for (const Shape& s : batch) EXPECT_FALSE(s.base);
 }
 
 // On the shared validation stream, both flavours: every step forwards its
@@ -250,7 +247,7 @@ TEST(StepShapes, SharedValidationPlansKeepEveryActiveRow) {
                                     std::tuple{64u, 2048u, TttSchedule::varlen_0410()}}) {
     const TttPlan p = make_ttt_plan(tok.data(), tok.size(), B, C, L, 64, 0, 1, sched);
     const int64_t R = ttt_batch_rows(p);
-    const auto shapes = ttt_step_shapes(p, true);
+    const auto shapes = ttt_step_shapes(p);
     ASSERT_EQ(shapes.size(), p.batches.size());
     std::map<Shape, int> count;
     for (size_t i = 0; i < p.batches.size(); ++i) {
@@ -262,7 +259,6 @@ TEST(StepShapes, SharedValidationPlansKeepEveryActiveRow) {
         ASSERT_EQ(int64_t(rows.size()), sh.rows);
         EXPECT_EQ(sh.batch_rows, R);
         EXPECT_EQ(sh.width, int64_t(st.width));
-        EXPECT_EQ(sh.base, s > 0);
         EXPECT_GE(sh.update, st.update);
         if (sh.first_row >= 0) {
           EXPECT_EQ(rows.front(), sh.first_row);
@@ -278,11 +274,97 @@ TEST(StepShapes, SharedValidationPlansKeepEveryActiveRow) {
     for (const auto& [sh, n] : count) {
       if (n > 1) continue;
       for (const auto& [c, m] : count)
-        EXPECT_FALSE(m > 1 && c.width == sh.width && c.base == sh.base && c.rows > sh.rows && c.update >= sh.update)
+        EXPECT_FALSE(m > 1 && c.width == sh.width && c.rows > sh.rows && c.update >= sh.update)
             << "C " << C << ": a once-only shape of " << sh.rows << " rows could run as one of " << c.rows;
     }
     std::printf("C %u, L %u: %zu batches of %lld rows, %zu device shapes\n", C, L, p.batches.size(), (long long)R,
                 count.size());
+  }
+}
+
+// Base windows: every target of a batch's documents after the first chunk
+// exactly once, each from a window that starts where its chunk's window
+// starts (so it sees the same tokens) and reaches it.
+void expect_base_windows_cover_later_chunks(const TttPlan& p, uint64_t* positions = nullptr) {
+  for (const TttBatch& batch : p.batches) {
+    std::map<uint64_t, int> seen;  // target position -> times scored
+    uint32_t prev_doc = UINT32_MAX;
+    uint64_t prev_end = 0;
+    for (const TttBaseWindow& w : ttt_base_windows(p, batch)) {
+      const TttDocument& d = p.docs[w.doc];
+      ASSERT_TRUE(std::count(batch.docs.begin(), batch.docs.end(), w.doc));
+      if (w.doc == prev_doc) {
+        EXPECT_EQ(w.target_begin, prev_end);  // a document's windows in target order, back to back
+      }
+      prev_doc = w.doc, prev_end = w.target_end;
+      EXPECT_LE(w.input_len(), p.context);
+      EXPECT_LT(w.target_begin, w.target_end);
+      EXPECT_GE(w.context_begin, d.bos);
+      EXPECT_LE(w.target_end, d.end);
+      if (positions) *positions += w.input_len();
+      for (uint64_t t = w.target_begin; t < w.target_end; ++t) {
+        ++seen[t];
+        const TttChunk ch = chunk_at(p, w.doc, uint32_t((t - d.bos - 1) / p.chunk));
+        EXPECT_GT(ch.index, 0u);
+        EXPECT_EQ(ch.context_begin, w.context_begin) << "target " << t;
+      }
+    }
+    for (uint32_t di : batch.docs) {
+      const TttDocument& d = p.docs[di];
+      for (uint64_t t = d.bos + 1; t < d.end; ++t)
+        EXPECT_EQ(seen.count(t) ? seen[t] : 0, t > d.bos + p.chunk ? 1 : 0) << "doc " << di << " target " << t;
+    }
+  }
+}
+
+TEST(ChunkPlan, BaseWindowsByHand) {
+  // C 4, L 8: documents of 3 targets (one chunk: none), 10 (chunk 1 from the
+  // BOS, chunk 2 slides) and 21 (chunk 1 from the BOS; chunks 2-5 slide).
+  const TttPlan p = plan_of(stream_of({3, 10, 21}), 4, 8);
+  ASSERT_EQ(p.batches.size(), 1u);
+  const std::vector<TttBaseWindow> w = ttt_base_windows(p, p.batches[0]);
+  std::vector<std::tuple<uint32_t, uint64_t, uint64_t, uint64_t>> got;  // doc, targets [begin, end), context
+  for (const TttBaseWindow& x : w) got.emplace_back(x.doc, x.target_begin, x.target_end, x.context_begin);
+  const uint64_t b1 = p.docs[1].bos, b2 = p.docs[2].bos;
+  // The batch runs documents sorted by chunk count: 0, 1, 2.
+  EXPECT_EQ(got, (std::vector<std::tuple<uint32_t, uint64_t, uint64_t, uint64_t>>{
+                     {1, b1 + 5, b1 + 9, b1},        // chunk 1: targets 5..8 from the BOS
+                     {1, b1 + 9, b1 + 11, b1 + 2},   // chunk 2 (ends at 10 > L): window [2, 10)
+                     {2, b2 + 5, b2 + 9, b2},        // chunk 1 (ends at 8 = L)
+                     {2, b2 + 9, b2 + 13, b2 + 4},   // chunk 2: window [4, 12)
+                     {2, b2 + 13, b2 + 17, b2 + 8},
+                     {2, b2 + 17, b2 + 21, b2 + 12},
+                     {2, b2 + 21, b2 + 22, b2 + 13}}));  // the 1-target last chunk
+  EXPECT_EQ(w[0].score_offset(), 4u);
+  EXPECT_EQ(w[0].input_len(), 8u);
+  EXPECT_EQ(w.back().score_offset(), 7u);
+  EXPECT_EQ(w.back().input_len(), 8u);
+  expect_base_windows_cover_later_chunks(p);
+  // L 12: chunks 1 and 2 of the 10-target document read from the BOS, one window.
+  const TttPlan q = plan_of(stream_of({10}), 4, 12);
+  const std::vector<TttBaseWindow> v = ttt_base_windows(q, q.batches[0]);
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_EQ(v[0].target_begin, 5u);
+  EXPECT_EQ(v[0].target_end, 11u);
+  EXPECT_EQ(v[0].context_begin, 0u);
+  EXPECT_EQ(v[0].score_offset(), 4u);
+  EXPECT_EQ(v[0].input_len(), 10u);
+  expect_base_windows_cover_later_chunks(q);
+}
+
+TEST(ChunkPlan, BaseWindowsOnTheSharedValidationSet) {
+  TokenStream ts({test::kValShard});
+  const Tokens tok = ts.slice(0, ts.size());
+  for (const auto& [C, L, sched] : {std::tuple{256u, 1024u, TttSchedule::lora_ttt_0317()},
+                                    std::tuple{64u, 2048u, TttSchedule::varlen_0410()}}) {
+    const TttPlan p = make_ttt_plan(tok.data(), tok.size(), B, C, L, 64, 0, 1, sched);
+    uint64_t positions = 0, step_positions = 0;
+    expect_base_windows_cover_later_chunks(p, &positions);
+    for (const TttBatch& b : p.batches)
+      for (uint32_t s = 1; s < b.num_steps; ++s) step_positions += b.docs.size() * step_at(p, b, s).width;
+    std::printf("C %u, L %u: base windows forward %llu positions, the steps after the first %llu\n", C, L,
+                (unsigned long long)positions, (unsigned long long)step_positions);
+    EXPECT_LT(positions, step_positions);
   }
 }
 

@@ -313,24 +313,33 @@ TEST(Ttt, LrZeroEqualsThePlainModelAndTheLoopReference) {
   TttOptions o = f.options();
   o.lr = 0;
   o.precision = Precision::F64;
-  const TttResult r = run_ttt(f.w64, f.tok, f.bc, o);
-  for (uint64_t t = 3; t < f.tok.size(); ++t) EXPECT_TRUE(same_bits(r.target_nll[t], r.target_base_nll[t])) << t;
-  EXPECT_EQ(r.nll_sum, r.base_nll_sum);
-  // Each chunk's window through the float64 loop reference.
-  const TttPlan plan = make_ttt_plan(f.tok.data(), f.tok.size(), 1, o.chunk, o.context, o.batch_docs, 0, 1);
-  Ref ref{f.w64, f.cfg, GptNumerics::norm_eps()};
-  for (uint32_t d = 0; d < plan.docs.size(); ++d)
-    for (uint32_t c = 0; c < plan.docs[d].num_chunks; ++c) {
-      const TttChunk ch = chunk_at(plan, d, c);
-      std::vector<int64_t> ids, tgt, seg(ch.input_len(), 0);
-      for (uint64_t j = 0; j < ch.input_len(); ++j) {
-        ids.push_back(f.tok[ch.context_begin + j]);
-        tgt.push_back(f.tok[ch.context_begin + j + 1]);
+  // L 10: each base window holds one chunk; L 13: chunks 1 and 2 share one.
+  for (uint32_t L : {10u, 13u}) {
+    o.context = L;
+    const TttResult r = run_ttt(f.w64, f.tok, f.bc, o);
+    // The base scores come from windows of their own: the same contexts, so
+    // equal up to float64 rounding.
+    for (uint64_t t = 3; t < f.tok.size(); ++t) EXPECT_NEAR(r.target_nll[t], r.target_base_nll[t], 1e-12) << t;
+    EXPECT_NEAR(r.nll_sum, r.base_nll_sum, 1e-10);
+    // Each chunk's window through the float64 loop reference, with and without TTT.
+    const TttPlan plan = make_ttt_plan(f.tok.data(), f.tok.size(), 1, o.chunk, o.context, o.batch_docs, 0, 1);
+    Ref ref{f.w64, f.cfg, GptNumerics::norm_eps()};
+    for (uint32_t d = 0; d < plan.docs.size(); ++d)
+      for (uint32_t c = 0; c < plan.docs[d].num_chunks; ++c) {
+        const TttChunk ch = chunk_at(plan, d, c);
+        std::vector<int64_t> ids, tgt, seg(ch.input_len(), 0);
+        for (uint64_t j = 0; j < ch.input_len(); ++j) {
+          ids.push_back(f.tok[ch.context_begin + j]);
+          tgt.push_back(f.tok[ch.context_begin + j + 1]);
+        }
+        const Vec want = ref.nll(ids, tgt, seg);
+        for (uint64_t j = ch.score_offset(); j < ch.input_len(); ++j) {
+          const uint64_t t = ch.context_begin + j + 1;
+          EXPECT_NEAR(r.target_nll[t], want[j], 1e-11) << "L " << L << " doc " << d << " chunk " << c;
+          EXPECT_NEAR(r.target_base_nll[t], want[j], 1e-11) << "L " << L << " doc " << d << " chunk " << c;
+        }
       }
-      const Vec want = ref.nll(ids, tgt, seg);
-      for (uint64_t j = ch.score_offset(); j < ch.input_len(); ++j)
-        EXPECT_NEAR(r.target_nll[ch.context_begin + j + 1], want[j], 1e-11) << "doc " << d << " chunk " << c;
-    }
+  }
 }
 
 TEST(Ttt, LrZeroEqualsTheEvaluatorOnTheSameWindows) {

@@ -200,6 +200,26 @@ TttChunk chunk_at(const TttPlan& plan, uint32_t doc, uint32_t chunk_index) {
           chunk_index + 1 == d.num_chunks};
 }
 
+std::vector<TttBaseWindow> ttt_base_windows(const TttPlan& plan, const TttBatch& batch) {
+  std::vector<TttBaseWindow> out;
+  for (uint32_t d : batch.docs) {
+    const TttDocument& doc = plan.docs[d];
+    if (doc.num_chunks < 2) continue;
+    // Chunks 1 .. shared - 1 read from the BOS (their windows grow with them).
+    uint32_t shared = 1;
+    while (shared < doc.num_chunks && chunk_at(plan, d, shared).context_begin == doc.bos) ++shared;
+    if (shared > 1) {
+      const TttChunk first = chunk_at(plan, d, 1), last = chunk_at(plan, d, shared - 1);
+      out.push_back({d, first.target_begin, last.target_end, doc.bos});
+    }
+    for (uint32_t c = shared; c < doc.num_chunks; ++c) {
+      const TttChunk ch = chunk_at(plan, d, c);
+      out.push_back({d, ch.target_begin, ch.target_end, ch.context_begin});
+    }
+  }
+  return out;
+}
+
 TttStep step_at(const TttPlan& plan, const TttBatch& batch, uint32_t step) {
   if (step >= batch.num_steps)
     fail(kWhat, "step " + std::to_string(step) + " out of range (batch has " +

@@ -174,4 +174,26 @@ TttChunk chunk_at(const TttPlan& plan, uint32_t doc, uint32_t chunk_index);
 // Step `step` of `batch` (throws if step >= batch.num_steps).
 TttStep step_at(const TttPlan& plan, const TttBatch& batch, uint32_t step);
 
+// The base scores (the same targets without TTT, for comparison) need no
+// adapters, so they need not come from the steps' windows. A target's score
+// depends only on the inputs from its chunk's context_begin up to it (causal
+// attention; positions restart at context_begin), so a document's chunks
+// whose window starts at its BOS -- those ending within L targets -- are all
+// scored by one window, their last chunk's, and each later chunk by its own.
+// A document's first chunk is left out: its TTT scores come from fresh
+// adapters (B = 0, an exact zero delta), so they are its base scores.
+struct TttBaseWindow {
+  uint32_t doc;            // index into TttPlan::docs
+  uint64_t target_begin;   // first scored target position
+  uint64_t target_end;     // one past the last scored target
+  uint64_t context_begin;  // first input token; inputs are [context_begin, target_end - 1)
+  uint64_t input_len() const { return target_end - 1 - context_begin; }
+  uint64_t score_offset() const { return target_begin - 1 - context_begin; }
+};
+
+// The base windows of a batch's documents, document by document in the
+// batch's row order, each document's in target order; together they score
+// every target of those documents after the first chunk exactly once.
+std::vector<TttBaseWindow> ttt_base_windows(const TttPlan& plan, const TttBatch& batch);
+
 }  // namespace pgolf

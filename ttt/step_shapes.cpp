@@ -43,7 +43,7 @@ bool is_suffix(const TttStepShape& s) { return s.first_row >= 0 && s.first_row +
 
 }  // namespace
 
-std::vector<std::vector<TttStepShape>> ttt_step_shapes(const TttPlan& plan, bool base) {
+std::vector<std::vector<TttStepShape>> ttt_step_shapes(const TttPlan& plan) {
   const int64_t batch_rows = ttt_batch_rows(plan);
   std::vector<TttStepShape> shapes;  // all steps, batch after batch
   for (const TttBatch& batch : plan.batches)
@@ -55,7 +55,7 @@ std::vector<std::vector<TttStepShape>> ttt_step_shapes(const TttPlan& plan, bool
       const std::vector<int64_t> rows = ttt_step_rows(st, want);
       const bool range = rows.back() - rows.front() + 1 == int64_t(rows.size());
       shapes.push_back(TttStepShape{batch_rows, int64_t(rows.size()), int64_t(st.width), range ? rows.front() : -1,
-                                    st.update, base && s > 0});
+                                    st.update});
     }
   auto count = [&] {
     std::map<TttStepShape, int> n;
@@ -75,7 +75,7 @@ std::vector<std::vector<TttStepShape>> ttt_step_shapes(const TttPlan& plan, bool
     if (n[s] != 1 || !is_suffix(s)) continue;
     const TttStepShape* best = nullptr;
     for (const auto& [c, k] : n)
-      if (k > 1 && is_suffix(c) && c.width == s.width && c.base == s.base && c.rows > s.rows &&
+      if (k > 1 && is_suffix(c) && c.width == s.width && c.rows > s.rows &&
           c.update >= s.update && (!best || std::tie(c.rows, c.update) < std::tie(best->rows, best->update)))
         best = &c;
     if (best) s = *best;

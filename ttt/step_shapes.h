@@ -29,10 +29,9 @@ struct TttStepShape {
   int64_t rows = 0, width = 0;
   int64_t first_row = -1;  // >= 0: the step's rows are [first_row, first_row + rows); -1: any listed rows
   bool update = false;     // loss, backward and one optimizer step follow the scores
-  bool base = false;       // also score without adapters
   bool operator<(const TttStepShape& o) const {
-    return std::tie(batch_rows, rows, width, first_row, update, base) <
-           std::tie(o.batch_rows, o.rows, o.width, o.first_row, o.update, o.base);
+    return std::tie(batch_rows, rows, width, first_row, update) <
+           std::tie(o.batch_rows, o.rows, o.width, o.first_row, o.update);
   }
   bool operator==(const TttStepShape& o) const { return !(*this < o) && !(o < *this); }
 };
@@ -49,11 +48,9 @@ TttStep ttt_padded_step(const TttPlan& plan, const TttBatch& batch, uint32_t s, 
 // rows are the batch's last ones: a batch's documents come sorted by length).
 std::vector<int64_t> ttt_step_rows(const TttStep& st, int64_t want);
 
-// Every step's shape, per batch of `plan` (in plan order), per step;
-// `base`: the steps after the first also score without adapters (the first
-// one's base scores are its scores: fresh adapters add exactly zero). Take
+// Every step's shape, per batch of `plan` (in plan order), per step. Take
 // them from the one-rank plan, so that a document's shapes, and so its
 // numbers, do not depend on the world size.
-std::vector<std::vector<TttStepShape>> ttt_step_shapes(const TttPlan& plan, bool base);
+std::vector<std::vector<TttStepShape>> ttt_step_shapes(const TttPlan& plan);
 
 }  // namespace pgolf

@@ -1,5 +1,7 @@
 #include "ttt/ttt_runner.h"
 
+#include <c10/core/GradMode.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,6 +32,16 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// When the base forwards (BaseScores, on a stream of their own) are issued:
+// a few before each capture of a step's graph -- the device runs them while
+// the host records, when it would otherwise wait --, one after each step of
+// at least kBaseAfterPositions positions -- a few hundred eager launches take
+// the host longer than a small step keeps the device busy, while behind a
+// large one (16-32 ms on an H200) the device still has queued steps to run
+// --, and the rest after the last step.
+constexpr int kBaseBeforeCapture = 2;
+constexpr int64_t kBaseAfterPositions = 32768;
+
 // One step's inputs: inputs / targets [rows, width] int64, right-padded with
 // token 0 as the reference pads (finished rows all 0); 1 for each row with a
 // next chunk (trained on), else 0.
@@ -53,29 +65,23 @@ TttStepInputs step_inputs(const std::vector<uint16_t>& tok, const TttStep& st, c
   return {in, tg, at::tensor(rows, at::kLong), weight.to(weight_type)};
 }
 
-// Adds one step's scores (nll, base: [step rows, width] float64 on the CPU;
-// base undefined when not computed) to the result; padding rows have none.
+// Adds one step's scores (nll: [step rows, width] float64 on the CPU) to the
+// result; padding rows have none. Base scores come later (add_base_scores).
 void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& rows, const std::vector<uint16_t>& tok,
-                const ByteCounter& bc, const at::Tensor& nll, const at::Tensor& base) {
+                const ByteCounter& bc, const at::Tensor& nll) {
   auto pn = nll.accessor<double, 2>();
-  const bool has_base = base.defined();
-  at::Tensor b0 = has_base ? base : nll;
-  auto pb = b0.accessor<double, 2>();
   const bool record = !r.target_times.empty();
   for (size_t b = 0; b < rows.size(); ++b) {
     if (!st.rows[size_t(rows[b])]) continue;
     const TttChunk& ch = *st.rows[size_t(rows[b])];
-    TttChunkTotals ct{ch.doc, ch.index, ch.target_begin, uint32_t(ch.num_targets()), 0, 0.0, 0.0};
+    TttChunkTotals ct{ch.doc, ch.index, ch.target_begin, uint32_t(ch.num_targets()), 0, 0.0, kNaN};
     for (uint64_t j = ch.score_offset(); j < ch.input_len(); ++j) {
       const uint64_t t = ch.context_begin + j + 1;  // target position: predicts tok[t] after tok[t - 1]
-      const double v = pn[int64_t(b)][int64_t(j)], v0 = has_base ? pb[int64_t(b)][int64_t(j)] : kNaN;
-      const uint32_t nb = bc.bytes(tok[t - 1], tok[t]);
+      const double v = pn[int64_t(b)][int64_t(j)];
       ct.nll += v;
-      ct.base_nll += v0;
-      ct.bytes += nb;
+      ct.bytes += bc.bytes(tok[t - 1], tok[t]);
       if (record) {
         r.target_nll[t] = v;
-        r.target_base_nll[t] = v0;
         r.target_times[t] += 1;
       }
     }
@@ -83,17 +89,147 @@ void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& row
     d.nll += ct.nll;
     d.bytes += ct.bytes;
     d.targets += ct.targets;
-    if (has_base) {
-      DocumentTotals& db = r.base_docs[ch.doc];
-      db.nll += ct.base_nll;
-      db.bytes += ct.bytes;
-      db.targets += ct.targets;
-      r.base_nll_sum += ct.base_nll;
-    }
     r.nll_sum += ct.nll;
     r.bytes += ct.bytes;
     r.targets += ct.targets;
     r.chunks.push_back(ct);
+  }
+}
+
+// The base scores (TttOptions::base) of this rank's documents: forwards of
+// their own, without adapters, over ttt_base_windows -- a batch's windows
+// longest first, as many rows as fit kBaseTokens positions, each row as wide
+// as its forward's longest window rounded up to 64 columns (the padding comes
+// after every real position, so causal attention never reads it). Windows
+// come from one TTT batch at a time, so a document's forwards, and so its
+// numbers, do not depend on the world size. On CUDA they run on a stream of
+// their own, beside the TTT steps: they depend on nothing the steps write,
+// and their kernels fill the device while the steps leave it idle (captures,
+// one-row steps); the same kernels on the same shapes, so the same numbers.
+class BaseScores {
+ public:
+  BaseScores(const GptWeights& w, const CastWeights& cast, Precision precision, const std::vector<uint16_t>& tok,
+             const TttPlan& plan)
+      : w_(w), cast_(cast), precision_(precision), tok_(tok), plan_(plan), by_doc_(plan.docs.size()),
+        device_(w.get("tok_emb.weight").device()) {
+#if PGOLF_WITH_CUDA
+    if (device_.is_cuda()) stream_.emplace(c10::cuda::getStreamFromPool());
+#endif
+  }
+
+  // Plans the forwards of a batch's base windows (issued by issue_next, in
+  // the order planned).
+  void add(const TttBatch& batch) {
+    std::vector<TttBaseWindow> wins = ttt_base_windows(plan_, batch);
+    std::stable_sort(wins.begin(), wins.end(),
+                     [](const TttBaseWindow& a, const TttBaseWindow& b) { return a.input_len() > b.input_len(); });
+    for (size_t i = 0; i < wins.size();) {
+      const size_t n = std::min(wins.size() - i, std::max<size_t>(1, size_t(kBaseTokens / width(wins[i]))));
+      todo_.emplace_back(wins.begin() + int64_t(i), wins.begin() + int64_t(i + n));
+      i += n;
+    }
+  }
+
+  // Queues the next planned forward on the device; false when none is left.
+  bool issue_next() {
+    if (todo_.empty()) return false;
+    std::vector<TttBaseWindow> rows = std::move(todo_.front());
+    todo_.pop_front();
+    const int64_t n = int64_t(rows.size()), W = width(rows.front());
+    at::Tensor in = at::zeros({n, W}, at::kLong), tg = at::zeros({n, W}, at::kLong);
+    at::Tensor mask = at::zeros({n, W}, at::kBool);
+    auto pi = in.accessor<int64_t, 2>(), pt = tg.accessor<int64_t, 2>();
+    auto pm = mask.accessor<bool, 2>();
+    for (int64_t k = 0; k < n; ++k) {
+      const TttBaseWindow& bw = rows[size_t(k)];
+      for (uint64_t j = 0; j < bw.input_len(); ++j) {
+        pi[k][int64_t(j)] = tok_[bw.context_begin + j];
+        pt[k][int64_t(j)] = tok_[bw.context_begin + j + 1];
+        pm[k][int64_t(j)] = j >= bw.score_offset();
+      }
+    }
+    c10::NoGradGuard no_grad;
+#if PGOLF_WITH_CUDA
+    std::optional<c10::cuda::CUDAStreamGuard> on;
+    if (stream_) on.emplace(*stream_);
+#endif
+    ForwardOptions fo;
+    fo.precision = precision_;
+    fo.cast = &cast_;
+    fo.score_mask = to_device(mask, device_);
+    fo.positions = find_score_positions(mask, device_, /*slots=*/false);
+    fo.flash_backward = true;  // flash at every width: cuDNN would build a plan per new shape
+    pending_.push_back({std::move(rows), HostCopy(forward_nll(w_, to_device(in, device_), to_device(tg, device_), fo))});
+    return true;
+  }
+
+  // Reads queued forwards back, oldest first, until `keep` are left.
+  void read_back(size_t keep) {
+    for (; pending_.size() > keep; pending_.pop_front()) {
+      const at::Tensor nll = pending_.front().nll.wait().to(at::kDouble);
+      auto pn = nll.accessor<double, 2>();
+      for (size_t k = 0; k < pending_.front().rows.size(); ++k) {
+        const TttBaseWindow& bw = pending_.front().rows[k];
+        const TttDocument& doc = plan_.docs[bw.doc];
+        std::vector<double>& v = by_doc_[bw.doc];
+        if (v.empty()) v.assign(doc.num_targets(), kNaN);
+        for (uint64_t j = bw.score_offset(); j < bw.input_len(); ++j)
+          v[bw.context_begin + j - doc.bos] = pn[int64_t(k)][int64_t(j)];  // target context_begin + j + 1
+      }
+    }
+  }
+
+  // Target position t's base NLL (t a target of document doc after its first chunk).
+  double at(uint32_t doc, uint64_t t) const { return by_doc_[doc][t - plan_.docs[doc].bos - 1]; }
+
+ private:
+  static constexpr int64_t kBaseTokens = 131072;  // positions per forward
+  // A forward's row width: its longest window's, rounded up to 64 columns.
+  int64_t width(const TttBaseWindow& longest) const {
+    const uint64_t len = longest.input_len();
+    return int64_t(std::min((len + 63) / 64 * 64, std::max<uint64_t>(len, plan_.context)));
+  }
+  struct Pending {
+    std::vector<TttBaseWindow> rows;
+    HostCopy nll;  // [rows, W]
+  };
+  const GptWeights& w_;
+  const CastWeights& cast_;
+  Precision precision_;
+  const std::vector<uint16_t>& tok_;
+  const TttPlan& plan_;
+  std::vector<std::vector<double>> by_doc_;  // [doc][target - bos - 1]
+  std::deque<std::vector<TttBaseWindow>> todo_;  // planned forwards, not yet issued
+  std::deque<Pending> pending_;                   // issued, not yet read back
+  at::Device device_;
+#if PGOLF_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> stream_;
+#endif
+};
+
+// Every chunk's base totals, in the order the chunks were scored: a
+// document's first chunk from its TTT scores (fresh adapters add exactly
+// zero), the later ones from the base forwards.
+void add_base_scores(TttResult& r, const BaseScores& base) {
+  const bool record = !r.target_times.empty();
+  for (TttChunkTotals& ct : r.chunks) {
+    const uint64_t t0 = ct.target_begin, t1 = ct.target_begin + ct.targets;
+    if (ct.index == 0) {
+      ct.base_nll = ct.nll;
+      if (record) std::copy(r.target_nll.begin() + int64_t(t0), r.target_nll.begin() + int64_t(t1),
+                            r.target_base_nll.begin() + int64_t(t0));
+    } else {
+      ct.base_nll = 0;
+      for (uint64_t t = t0; t < t1; ++t) {
+        ct.base_nll += base.at(ct.doc, t);
+        if (record) r.target_base_nll[t] = base.at(ct.doc, t);
+      }
+    }
+    DocumentTotals& db = r.base_docs[ct.doc];
+    db.nll += ct.base_nll;
+    db.bytes += ct.bytes;
+    db.targets += ct.targets;
+    r.base_nll_sum += ct.base_nll;
   }
 }
 
@@ -251,7 +387,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   const int64_t batch_rows = ttt_batch_rows(plan);
   std::map<uint32_t, std::vector<TttStepShape>> shapes;  // by batch index
   {
-    const std::vector<std::vector<TttStepShape>> all = ttt_step_shapes(plan, o.base);
+    const std::vector<std::vector<TttStepShape>> all = ttt_step_shapes(plan);
     for (size_t i = 0; i < all.size(); ++i) shapes[plan.batches[i].index] = all[i];
   }
   if (o.world > 1) keep_rank_batches(plan, o.rank, o.world);
@@ -286,19 +422,19 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   struct Pending {
     TttStep st;
     std::vector<int64_t> rows;
-    HostCopy nll, base;  // [rows, width]; base undefined without it or when it is nll
-    bool base_is_nll = false;
+    HostCopy nll;  // [rows, width]
   };
   std::deque<Pending> pending;
   auto read_back = [&](size_t keep) {
     for (; pending.size() > keep; pending.pop_front()) {
       Pending& p = pending.front();
-      const at::Tensor got = p.nll.wait().to(at::kDouble);
-      const at::Tensor base = p.base.defined() ? p.base.wait().to(at::kDouble) : p.base_is_nll ? got : at::Tensor();
-      accumulate(r, p.st, p.rows, tokens, bc, got, base);
+      accumulate(r, p.st, p.rows, tokens, bc, p.nll.wait().to(at::kDouble));
       if (o.progress) o.progress(r.targets, to_score);
     }
   };
+  BaseScores base(w, cast, o.precision, tokens, plan);
+  if (o.base)
+    for (const TttBatch& batch : plan.batches) base.add(batch);
 
   for (const TttBatch& batch : plan.batches)
     for (const TttStepShape& sh : shapes.at(batch.index)) runner.expect(sh);
@@ -347,17 +483,27 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const double issue = o.timeline ? host_ms() : 0.0;
       const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
       r.host_prepare += t.lap();
+      if (o.base && runner.would_capture(shape)) {
+        for (int i = 0; i < kBaseBeforeCapture; ++i) base.issue_next();
+        r.host_base += t.lap();
+      }
       const TttStepScores sc = runner.run(shape, in);
       if (o.timeline) {
         clock->mark();
         const TttStepRunner::LastRunTimes& lr = runner.last_run();
-        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, shape.base, lr.run, issue,
-                              host_ms(), 0.0, lr.capture_ms, lr.instantiate_ms, lr.launch_ms});
+        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, lr.run, issue, host_ms(), 0.0,
+                              lr.capture_ms, lr.instantiate_ms, lr.launch_ms});
       }
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.
-      pending.push_back(Pending{st, rows, HostCopy(sc.nll), sc.base.defined() ? HostCopy(sc.base) : HostCopy(),
-                                o.base && s == 0});
+      pending.push_back(Pending{st, rows, HostCopy(sc.nll)});
+      if (o.base && shape.rows * shape.width >= kBaseAfterPositions) {
+        t.lap();
+        base.issue_next();  // on its own stream: not part of any step's --timeline time
+        r.host_base += t.lap();
+        base.read_back(8);
+        r.host_read_back += t.lap();
+      }
       ++r.steps;
       r.updates += st.update ? o.grad_steps : 0;
       r.tokens_in += rows.size() * st.width;
@@ -368,6 +514,14 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   }
   read_back(0);
   r.host_read_back += t.lap();
+  while (base.issue_next()) {
+    r.host_base += t.lap();
+    base.read_back(8);
+    r.host_read_back += t.lap();
+  }
+  base.read_back(0);
+  r.host_read_back += t.lap();
+  if (o.base) add_base_scores(r, base);
   if (o.timeline) {
     const std::vector<double> done = clock->millis();
     for (size_t i = 0; i < done.size(); ++i) r.timeline[i].device_end = done[i];

@@ -83,7 +83,7 @@ struct TttChunkTotals {
 struct TttStepTime {
   uint32_t batch = 0, step = 0;
   int64_t rows = 0, width = 0;
-  bool update = false, base = false;
+  bool update = false;
   char run = 0;  // TttStepRunner::last_run(): 'e' eager, 'c' capture, 'r' replay
   double host_begin = 0, host_end = 0, device_end = 0;
   double capture = 0, instantiate = 0, launch = 0;  // host ms in each (TttStepRunner::last_run())
@@ -97,11 +97,11 @@ struct TttResult {
   uint64_t used_tokens = 0;  // stream length after the trim and the document prefix
   // Host seconds spent in each phase of the step loop (where a run's time
   // goes: the GPU runs behind the host, so a phase that waits on it shows
-  // here too): building step inputs, forwards (TTT and base), backward,
-  // optimizer, reading scores back.
+  // here too): building step inputs, forwards, backward,
+  // optimizer, reading scores back, queueing the base forwards.
   // With CUDA graphs a step's forward, backward and update are one replay.
   double host_prepare = 0, host_forward = 0, host_backward = 0, host_update = 0, host_replay = 0,
-         host_read_back = 0;
+         host_read_back = 0, host_base = 0;
   int64_t graph_replays = 0, graph_captures = 0;  // steps replayed from a CUDA graph; graphs captured
   double warmup_seconds = 0;  // the device warm-up before the steps (CUDA), not part of the TTT work
   // Per document (TttPlan::docs index; the dump hook's per-document arrays).

@@ -112,12 +112,6 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b
     nll = forward_nll(w_, b.inputs, b.targets, fo);
   }
   out.nll = nll.detach();
-  if (sh.base) {
-    c10::NoGradGuard no_grad;
-    ForwardOptions plain = fo;
-    plain.lora = nullptr;
-    out.base = forward_nll(w_, b.inputs, b.targets, plain);
-  }
   if (timed) seconds_.forward += t.lap();
   if (!sh.update) return out;
   const int64_t C = std::min<int64_t>(chunk_, sh.width);
@@ -140,6 +134,13 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b
   return out;
 }
 
+bool TttStepRunner::would_capture(const TttStepShape& sh) const {
+  const bool warm = warm_ && (warm_update_ || !sh.update);
+  const auto e = expected_.find(sh);
+  return graphs_ && warm && !graph_.count(sh) && e != expected_.end() && e->second >= 2 &&
+         graph_.size() < kMaxGraphs && !full_;
+}
+
 TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
   if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::run before bind");
   if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it
@@ -151,8 +152,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   };
   last_ = LastRunTimes{};
   auto it = graph_.find(sh);
-  const bool warm = warm_ && (warm_update_ || !sh.update);
-  bool capture = it == graph_.end() && graphs_ && warm && expected_[sh] >= 2 && graph_.size() < kMaxGraphs && !full_;
+  bool capture = would_capture(sh);
 #if PGOLF_WITH_CUDA
   if (capture && !room_for_a_graph(device_)) full_ = true, capture = false;
 #endif

@@ -1,8 +1,8 @@
 // One TTT step on the device (ttt/ttt_runner.h runs them in order): the
 // forward of the step's rows with their adapters -- its NLL is the step's
-// scores --, the same rows without adapters (the base scores), then, when the
-// step trains, the loss, its backward and one optimizer step. Scores come
-// from the forward, so they are final before the update (score first).
+// scores --, then, when the step trains, the loss, its backward and one
+// optimizer step. Scores come from the forward, so they are final before the
+// update (score first).
 //
 // Every row scores its last `chunk` columns, where all of a step's scored
 // targets lie (ttt/chunk_plan.h: width min((s+1) C, L), a chunk ends at the
@@ -41,12 +41,11 @@ struct TttStepInputs {
 };
 
 // A step's NLL [rows, width] (float32; float64 under F64) on the device, at
-// every row's last `chunk` columns (0 elsewhere); base: without adapters
-// (undefined unless the shape asks). From a replay these are the graph's own
-// buffers, and graphs share one memory pool: copy them out (HostCopy) before
-// the next run().
+// every row's last `chunk` columns (0 elsewhere). From a replay it is the
+// graph's own buffer, and graphs share one memory pool: copy it out
+// (HostCopy) before the next run().
 struct TttStepScores {
-  at::Tensor nll, base;
+  at::Tensor nll;
 };
 
 // Host seconds per part of the eager steps and of the graph launches.
@@ -70,6 +69,9 @@ class TttStepRunner {
   void bind(BatchAdapters* adapters, FlatAdam* adam);
   // One step of this shape will come (before the first run).
   void expect(const TttStepShape& shape) { ++expected_[shape]; }
+  // Whether run(shape) would capture a graph now (unless the graphs hold
+  // too much memory): a new shape that comes again.
+  bool would_capture(const TttStepShape& shape) const;
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
 
   // How the last run() ran its step -- run: 'e' eagerly, 'c' captured (then
