@@ -32,15 +32,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// When the base forwards (BaseScores, on a stream of their own) are issued:
-// a few before each capture of a step's graph -- the device runs them while
-// the host records, when it would otherwise wait --, one after each step of
-// at least kBaseAfterPositions positions -- a few hundred eager launches take
-// the host longer than a small step keeps the device busy, while behind a
-// large one (16-32 ms on an H200) the device still has queued steps to run
-// --, and the rest after the last step.
-constexpr int kBaseBeforeCapture = 2;
-constexpr int64_t kBaseAfterPositions = 32768;
 
 // One step's inputs: inputs / targets [rows, width] int64, right-padded with
 // token 0 as the reference pads (finished rows all 0); 1 for each row with a
@@ -104,8 +95,8 @@ void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& row
 // come from one TTT batch at a time, so a document's forwards, and so its
 // numbers, do not depend on the world size. On CUDA they run on a stream of
 // their own, beside the TTT steps: they depend on nothing the steps write,
-// and their kernels fill the device while the steps leave it idle (captures,
-// one-row steps); the same kernels on the same shapes, so the same numbers.
+// and their kernels fill the device while the steps leave it idle (during
+// captures); the same kernels on the same shapes, so the same numbers.
 class BaseScores {
  public:
   BaseScores(const GptWeights& w, const CastWeights& cast, Precision precision, const std::vector<uint16_t>& tok,
@@ -129,6 +120,8 @@ class BaseScores {
       i += n;
     }
   }
+
+  size_t planned() const { return todo_.size(); }  // planned forwards not yet issued
 
   // Queues the next planned forward on the device; false when none is left.
   bool issue_next() {
@@ -484,7 +477,13 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
       r.host_prepare += t.lap();
       if (o.base && runner.would_capture(shape)) {
-        for (int i = 0; i < kBaseBeforeCapture; ++i) base.issue_next();
+        // The base forwards (on a stream of their own) go out in even shares
+        // before the captures of the steps' graphs: the device runs them
+        // while the host records a graph, when it would otherwise wait (tens
+        // of milliseconds per capture). Without graphs they all go after the
+        // last step.
+        const size_t ahead = size_t(std::max(1, runner.captures_ahead()));
+        for (size_t i = 0, n = (base.planned() + ahead - 1) / ahead; i < n; ++i) base.issue_next();
         r.host_base += t.lap();
       }
       const TttStepScores sc = runner.run(shape, in);
@@ -497,18 +496,12 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.
       pending.push_back(Pending{st, rows, HostCopy(sc.nll)});
-      if (o.base && shape.rows * shape.width >= kBaseAfterPositions) {
-        t.lap();
-        base.issue_next();  // on its own stream: not part of any step's --timeline time
-        r.host_base += t.lap();
-        base.read_back(8);
-        r.host_read_back += t.lap();
-      }
       ++r.steps;
       r.updates += st.update ? o.grad_steps : 0;
       r.tokens_in += rows.size() * st.width;
       t.lap();  // the step's own parts are in runner.seconds()
       read_back(16);
+      base.read_back(8);
       r.host_read_back += t.lap();
     }
   }

@@ -141,6 +141,13 @@ bool TttStepRunner::would_capture(const TttStepShape& sh) const {
          graph_.size() < kMaxGraphs && !full_;
 }
 
+int TttStepRunner::captures_ahead() const {
+  if (!graphs_ || full_) return 0;
+  int n = 0;
+  for (const auto& [sh, count] : expected_) n += count >= 2 && !graph_.count(sh);
+  return std::min<int>(n, int(kMaxGraphs - graph_.size()));
+}
+
 TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
   if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::run before bind");
   if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it

@@ -72,6 +72,9 @@ class TttStepRunner {
   // Whether run(shape) would capture a graph now (unless the graphs hold
   // too much memory): a new shape that comes again.
   bool would_capture(const TttStepShape& shape) const;
+  // Captures still to come if every expected shape that repeats gets one
+  // (0 without graphs or once they hold too much memory).
+  int captures_ahead() const;
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
 
   // How the last run() ran its step -- run: 'e' eagerly, 'c' captured (then
