@@ -52,7 +52,7 @@ struct TttOptions {
   uint64_t seed = 0;
   Precision precision = Precision::F32;
   uint16_t bos_id = 1;
-  bool base = true;             // also score the same targets without TTT
+  bool base = true;             // also score the same targets without TTT (ttt_base_windows)
   bool record_targets = false;  // fill TttResult::target_* (tests, --audit)
   bool cuda_graphs = true;      // replay repeated step shapes from CUDA graphs (ttt/ttt_step.h)
   bool timeline = false;        // fill TttResult::timeline
