@@ -9,7 +9,7 @@
 // row's end or, for a short last chunk, inside those columns); the caller
 // keeps the real ones. A step is then a function of its shape and a few
 // device buffers, and TTT runs few shapes many times: from a shape's second
-// step on, the whole step -- ~1,500 ATen ops forward, backward and Adam --
+// step on, the whole step -- ~700-800 kernels forward, backward and Adam --
 // is replayed from a CUDA graph, one launch instead of milliseconds of host
 // work per step. The caller announces the plan's shapes first (expect): a
 // shape that comes more than once is captured the first time it comes, one
