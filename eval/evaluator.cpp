@@ -88,14 +88,14 @@ WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& o) {
   return make_record_sliding_plan(num_tokens, o.seq_len, o.stride, o.plan);
 }
 
-WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, const std::vector<uint16_t>& tok,
-                              int64_t L) {
+WindowBatch make_window_batch(const std::vector<Window>& windows, size_t b0, size_t nb,
+                              const std::vector<uint16_t>& tok, int64_t L) {
   WindowBatch b{at::zeros({int64_t(nb), L}, at::kLong), at::zeros({int64_t(nb), L}, at::kLong),
                 at::zeros({int64_t(nb), L}, at::kBool), 0};
   auto pin = b.inputs.accessor<int64_t, 2>(), ptg = b.targets.accessor<int64_t, 2>();
   auto pm = b.mask.accessor<bool, 2>();
   for (size_t k = 0; k < nb; ++k) {
-    const Window& win = plan.windows[b0 + k];
+    const Window& win = windows[b0 + k];
     for (uint32_t j = 0; j < win.len; ++j) {
       pin[int64_t(k)][j] = tok[win.start + j];
       ptg[int64_t(k)][j] = tok[win.start + j + 1];
@@ -265,7 +265,7 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
   LapTimer clock;
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
-    const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);
+    const WindowBatch wb = make_window_batch(plan.windows, b0, nb, tok, L);
     ForwardOptions fo;
     fo.precision = o.precision;
     fo.cast = &cast;

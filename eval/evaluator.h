@@ -88,15 +88,15 @@ struct EvalResult {
 
 WindowPlan make_eval_plan(uint64_t num_tokens, const EvalOptions& opt);
 
-// Windows [b0, b0 + nb) of a plan as CPU tensors: inputs / targets [nb, L]
+// Windows [b0, b0 + nb) of a list (a plan's, or any) as CPU tensors: inputs / targets [nb, L]
 // int64 (short windows padded with 0), score mask [nb, L] bool; `scored` the
 // number of scored targets.
 struct WindowBatch {
   at::Tensor inputs, targets, mask;
   int64_t scored = 0;
 };
-WindowBatch make_window_batch(const WindowPlan& plan, size_t b0, size_t nb, const std::vector<uint16_t>& tok,
-                              int64_t L);
+WindowBatch make_window_batch(const std::vector<Window>& windows, size_t b0, size_t nb,
+                              const std::vector<uint16_t>& tok, int64_t L);
 EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCounter& bytes, const EvalOptions& opt);
 
 }  // namespace pgolf

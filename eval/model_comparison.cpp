@@ -132,7 +132,7 @@ std::vector<ComparisonResult> compare_models(const GptWeights& reference, const 
   uint64_t scored_so_far = 0;
   for (size_t b0 = first; b0 < last; b0 += per_batch) {
     const size_t nb = std::min(per_batch, last - b0);
-    const WindowBatch wb = make_window_batch(plan, b0, nb, tok, L);
+    const WindowBatch wb = make_window_batch(plan.windows, b0, nb, tok, L);
     const int64_t n = wb.scored;
     ForwardOptions fo;
     fo.precision = o.precision;

@@ -128,19 +128,11 @@ class BaseScores {
     if (todo_.empty()) return false;
     std::vector<TttBaseWindow> rows = std::move(todo_.front());
     todo_.pop_front();
-    const int64_t n = int64_t(rows.size()), W = width(rows.front());
-    at::Tensor in = at::zeros({n, W}, at::kLong), tg = at::zeros({n, W}, at::kLong);
-    at::Tensor mask = at::zeros({n, W}, at::kBool);
-    auto pi = in.accessor<int64_t, 2>(), pt = tg.accessor<int64_t, 2>();
-    auto pm = mask.accessor<bool, 2>();
-    for (int64_t k = 0; k < n; ++k) {
-      const TttBaseWindow& bw = rows[size_t(k)];
-      for (uint64_t j = 0; j < bw.input_len(); ++j) {
-        pi[k][int64_t(j)] = tok_[bw.context_begin + j];
-        pt[k][int64_t(j)] = tok_[bw.context_begin + j + 1];
-        pm[k][int64_t(j)] = j >= bw.score_offset();
-      }
-    }
+    // As evaluation windows: inputs from context_begin, scored from score_offset.
+    std::vector<Window> wins;
+    for (const TttBaseWindow& bw : rows)
+      wins.push_back({bw.context_begin, uint32_t(bw.input_len()), uint32_t(bw.score_offset())});
+    const WindowBatch b = make_window_batch(wins, 0, wins.size(), tok_, width(rows.front()));
     c10::NoGradGuard no_grad;
 #if PGOLF_WITH_CUDA
     std::optional<c10::cuda::CUDAStreamGuard> on;
@@ -149,10 +141,11 @@ class BaseScores {
     ForwardOptions fo;
     fo.precision = precision_;
     fo.cast = &cast_;
-    fo.score_mask = to_device(mask, device_);
-    fo.positions = find_score_positions(mask, device_, /*slots=*/false);
+    fo.score_mask = to_device(b.mask, device_);
+    fo.positions = find_score_positions(b.mask, device_, /*slots=*/false);
     fo.flash_backward = true;  // flash at every width: cuDNN would build a plan per new shape
-    pending_.push_back({std::move(rows), HostCopy(forward_nll(w_, to_device(in, device_), to_device(tg, device_), fo))});
+    pending_.push_back(
+        {std::move(rows), HostCopy(forward_nll(w_, to_device(b.inputs, device_), to_device(b.targets, device_), fo))});
     return true;
   }
 
@@ -214,8 +207,9 @@ void add_base_scores(TttResult& r, const BaseScores& base) {
     } else {
       ct.base_nll = 0;
       for (uint64_t t = t0; t < t1; ++t) {
-        ct.base_nll += base.at(ct.doc, t);
-        if (record) r.target_base_nll[t] = base.at(ct.doc, t);
+        const double v = base.at(ct.doc, t);
+        ct.base_nll += v;
+        if (record) r.target_base_nll[t] = v;
       }
     }
     DocumentTotals& db = r.base_docs[ct.doc];
