@@ -19,10 +19,12 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "model/fused.h"
 #include "model/pch.h"
+#include "ttt/adam.h"
 
 using namespace pgolf;
 
@@ -196,6 +198,56 @@ void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
     row("cudnn + the expansion", [&] {
       return compat::cudnn_causal_attention(qh, expand(k).transpose(1, 2), expand(v).transpose(1, 2)).transpose(1, 2);
     });
+  }
+}
+
+// TTT's optimizer step (ttt/adam.h) on n flat float32 parameters with bf16
+// gradients and a bf16 mirror, as TTT runs it: the fused kernel against the
+// ATen ops (ReferenceOnly) and both against float64 on the CPU, after three
+// steps of Adam (b1 0.9) and AdamW (b1 0, weight decay 0.5: varlen-0410's).
+void adam_check(int64_t n) {
+  std::printf("\nTTT Adam over %lld float32 parameters, bf16 gradients and mirror, 3 steps\n", (long long)n);
+  std::printf("%-8s %12s %12s %12s %10s %9s %7s %9s %7s\n", "variant", "err fused", "err aten", "fused!=aten",
+              "max|p|", "fused ms", "GB/s", "aten ms", "speed");
+  for (const bool w : {false, true}) {
+    const AdamConfig cfg = w ? AdamConfig{1e-4, 0.0, 0.999, 1e-10, 0.5, true} : AdamConfig{1e-2, 0.9, 0.95, 1e-10, 0.0, false};
+    const at::Tensor p0 = at::randn({n}) * 0.05;
+    std::vector<at::Tensor> g;
+    for (int t = 0; t < 3; ++t) g.push_back((at::randn({n}) * 1e-3).to(at::kBFloat16));
+    auto run_steps = [&](bool kernels, const at::Device& dev, at::ScalarType type) {
+      std::optional<fused::ReferenceOnly> ref;
+      if (!kernels) ref.emplace();
+      at::Tensor p = p0.to(dev, type);
+      at::Tensor mirror = dev.is_cuda() ? at::empty({n}, p.options().dtype(at::kBFloat16)) : at::Tensor();
+      FlatAdam adam(cfg);
+      adam.reset(p);
+      for (const at::Tensor& gt : g) {
+        adam.prepare();
+        adam.apply(p, dev.is_cuda() ? gt.to(dev) : gt.to(type), mirror);
+      }
+      return std::make_pair(p, mirror);
+    };
+    const at::Tensor ref = run_steps(false, at::kCPU, at::kDouble).first;
+    const auto [pf, mf] = run_steps(true, at::kCUDA, at::kFloat);
+    const auto [pa, ma] = run_steps(false, at::kCUDA, at::kFloat);
+    const double ef = (pf.cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    const double ea = (pa.cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    const double diff = pf.ne(pa).sum().item<double>() / double(n);
+    const bool mirror_ok = at::equal(mf, pf.to(at::kBFloat16)) && at::equal(ma, pa.to(at::kBFloat16));
+    // Timing: one step each (the factors stay those of the last step).
+    at::Tensor p = p0.cuda(), mirror = at::empty({n}, p.options().dtype(at::kBFloat16)), gt = g[0].cuda();
+    FlatAdam adam(cfg);
+    adam.reset(p);
+    adam.prepare();
+    const double fms = time_ms([&] { adam.apply(p, gt, mirror); });
+    const double ams = time_ms([&] {
+      fused::ReferenceOnly r;
+      adam.apply(p, gt, mirror);
+    });
+    const double bytes = 28.0 * double(n);  // p, m, v read and written; g read; mirror written
+    std::printf("%-8s %12.3g %12.3g %11.5f%% %10.3g %9.3f %7.0f %9.3f %6.1fx%s\n", w ? "adamw" : "adam", ef, ea,
+                100.0 * diff, ref.abs().max().item<double>(), fms, bytes / fms / 1e6, ams, ams / fms,
+                mirror_ok ? "" : "  MIRROR MISMATCH");
   }
 }
 
@@ -376,5 +428,6 @@ int main(int argc, char** argv) {
     });
   }
   attention_check(B, T, H, KV, hd);
+  adam_check(int64_t(64) << 20);
   return 0;
 }

@@ -2,6 +2,8 @@
 
 #include <c10/core/GradMode.h>
 
+#include <stdexcept>
+
 #include "model/pch.h"
 #if PGOLF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -351,6 +353,34 @@ at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const 
   if (delta.defined()) z = z + delta.to(math);
   z = cap * at::tanh(z / cap);
   return at::logsumexp(z, -1) - z.gather(1, targets.unsqueeze(1)).squeeze(1);
+}
+
+bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror) {
+#if PGOLF_WITH_CUDA
+  if (reference_only || !p.is_cuda() || p.scalar_type() != at::kFloat || !p.is_contiguous()) return false;
+  auto fits = [&](const at::Tensor& t) {
+    return t.device() == p.device() && t.numel() == p.numel() && t.is_contiguous() &&
+           (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  };
+  return fits(g) && (!mirror.defined() || fits(mirror));
+#else
+  (void)p, (void)g, (void)mirror;
+  return false;
+#endif
+}
+
+void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& factors,
+                 const AdamScalars& s, const at::Tensor& mirror) {
+#if PGOLF_WITH_CUDA
+  if (!adam_available(p, g, mirror) || !m.is_contiguous() || !v.is_contiguous() || m.numel() != p.numel() ||
+      v.numel() != p.numel() || factors.scalar_type() != at::kFloat || factors.numel() != 2)
+    throw std::invalid_argument("fused::adam_update: unsupported tensors");
+  cuda::adam_update(p, g, m, v, factors.contiguous(), s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.decoupled,
+                    mirror);
+#else
+  (void)p, (void)g, (void)m, (void)v, (void)factors, (void)s, (void)mirror;
+  throw std::logic_error("fused::adam_update: not a CUDA build");
+#endif
 }
 
 }  // namespace pgolf::fused

@@ -88,4 +88,19 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 // must not be the first to run one.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
+// One Adam / AdamW step over flat tensors (ttt/adam.h's update, the same
+// order of operations and roundings), as one kernel: p, m, v float32 CUDA
+// tensors, g float32 or bf16, factors float32 [2] = (-lr / (1 - b1^t),
+// sqrt(1 - b2^t)) on the device, mirror (optional, float32 or bf16) receives
+// the new p. One pass over the memory where the ATen ops make about 24.
+// adam_available: a CUDA build, no ReferenceOnly in scope, and tensors of
+// those types, contiguous, of one size on one device.
+struct AdamScalars {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decoupled;
+};
+bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror);
+void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& factors,
+                 const AdamScalars& s, const at::Tensor& mirror);
+
 }  // namespace pgolf::fused

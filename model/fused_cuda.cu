@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "model/fused_cuda.h"
 
@@ -752,6 +753,71 @@ int grid_for(int64_t numel, int threads) {
 const bf16* bp(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.data_ptr()); }
 bf16* bp_out(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr()); }
 
+// ---- Adam / AdamW over flat float32 parameters (ttt/adam.h), one element
+// per step of the loop, in the order and with the roundings of FlatAdam's
+// ATen ops (each product and sum rounded on its own). f[0] = -lr / (1 - b1^t),
+// f[1] = sqrt(1 - b2^t), written on the device by FlatAdam::prepare.
+struct AdamArgs {
+  float decay;   // decoupled: p *= decay (1 - lr wd); 1 when not
+  float l2;      // not decoupled: g += l2 * p (wd); 0 when not
+  float w1;      // 1 - b1, lerp's weight
+  float b2, c2;  // b2, 1 - b2
+  float eps;
+};
+
+__device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, const AdamArgs& a, float f0, float f1) {
+  if (a.decay != 1.0f) p = __fmul_rn(p, a.decay);
+  if (a.l2 != 0.0f) g = __fadd_rn(g, __fmul_rn(p, a.l2));
+  // torch.lerp: self + w (end - self) for |w| < 0.5, else end - (end - self)(1 - w).
+  const float diff = __fsub_rn(g, m);
+  m = a.w1 < 0.5f ? __fadd_rn(m, __fmul_rn(a.w1, diff)) : __fsub_rn(g, __fmul_rn(diff, __fsub_rn(1.0f, a.w1)));
+  v = __fadd_rn(__fmul_rn(v, a.b2), __fmul_rn(__fmul_rn(a.c2, g), g));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), f1), a.eps);
+  p = __fadd_rn(p, __fmul_rn(__fdiv_rn(m, denom), f0));
+}
+
+__device__ __forceinline__ float ld_grad(const float* g, int64_t i) { return g[i]; }
+__device__ __forceinline__ float ld_grad(const bf16* g, int64_t i) { return __bfloat162float(g[i]); }
+__device__ __forceinline__ void st_mirror(float* o, int64_t i, float v) { o[i] = v; }
+__device__ __forceinline__ void st_mirror(bf16* o, int64_t i, float v) { o[i] = __float2bfloat16_rn(v); }
+
+// kVec: four elements per access (float4 for p, m, v; the gradient and the
+// mirror as their 4-element words), every pointer 16-byte aligned.
+template <typename G, typename M, bool kVec>
+__global__ void adam_kernel(float* __restrict__ p, const G* __restrict__ g, float* __restrict__ m,
+                            float* __restrict__ v, M* __restrict__ mirror, const float* __restrict__ f, int64_t n,
+                            AdamArgs a) {
+  const float f0 = f[0], f1 = f[1];
+  const int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t nvec = kVec ? n / 4 : 0;
+  for (int64_t k = i0; k < nvec; k += stride) {
+    float4 pp = reinterpret_cast<float4*>(p)[k], mm = reinterpret_cast<float4*>(m)[k],
+           vv = reinterpret_cast<float4*>(v)[k];
+    float gg[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) gg[e] = ld_grad(g, 4 * k + e);
+    adam_one(pp.x, gg[0], mm.x, vv.x, a, f0, f1);
+    adam_one(pp.y, gg[1], mm.y, vv.y, a, f0, f1);
+    adam_one(pp.z, gg[2], mm.z, vv.z, a, f0, f1);
+    adam_one(pp.w, gg[3], mm.w, vv.w, a, f0, f1);
+    reinterpret_cast<float4*>(p)[k] = pp;
+    reinterpret_cast<float4*>(m)[k] = mm;
+    reinterpret_cast<float4*>(v)[k] = vv;
+    if (mirror) {
+      st_mirror(mirror, 4 * k, pp.x);
+      st_mirror(mirror, 4 * k + 1, pp.y);
+      st_mirror(mirror, 4 * k + 2, pp.z);
+      st_mirror(mirror, 4 * k + 3, pp.w);
+    }
+  }
+  for (int64_t i = 4 * nvec + i0; i < n; i += stride) {
+    float pi = p[i], mi = m[i], vi = v[i];
+    adam_one(pi, ld_grad(g, i), mi, vi, a, f0, f1);
+    p[i] = pi, m[i] = mi, v[i] = vi;
+    if (mirror) st_mirror(mirror, i, pi);
+  }
+}
+
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
 // The vector path's condition: rows of whole 8-column chunks, every pointer
@@ -1039,6 +1105,50 @@ at::Tensor softcap_nll_backward(const at::Tensor& logits, const at::Tensor& delt
       bp_out(gl), V, float(cap));
   check_launch();
   return gl;
+}
+
+void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
+                 const at::Tensor& factors, double lr, double beta1, double beta2, double eps, double weight_decay,
+                 bool decoupled, const at::Tensor& mirror) {
+  const c10::cuda::CUDAGuard guard(p.device());
+  const int64_t n = p.numel();
+  if (n == 0) return;
+  AdamArgs a;
+  a.decay = decoupled && weight_decay != 0.0 ? float(1.0 - lr * weight_decay) : 1.0f;
+  a.l2 = decoupled ? 0.0f : float(weight_decay);
+  a.w1 = float(1.0 - beta1);
+  a.b2 = float(beta2);
+  a.c2 = float(1.0 - beta2);
+  a.eps = float(eps);
+  const bool vec = vec_ok(8, {p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
+                              mirror.defined() ? mirror.data_ptr() : nullptr});
+  const int grid = grid_for(vec ? n / 4 + n % 4 : n, 256);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  float* pp = p.data_ptr<float>();
+  float* mp = m.data_ptr<float>();
+  float* vp = v.data_ptr<float>();
+  const float* fp = factors.data_ptr<float>();
+  auto launch = [&](auto* gp, auto* op) {
+    if (vec)
+      adam_kernel<std::remove_const_t<std::remove_pointer_t<decltype(gp)>>, std::remove_pointer_t<decltype(op)>, true>
+          <<<grid, 256, 0, stream>>>(pp, gp, mp, vp, op, fp, n, a);
+    else
+      adam_kernel<std::remove_const_t<std::remove_pointer_t<decltype(gp)>>, std::remove_pointer_t<decltype(op)>, false>
+          <<<grid, 256, 0, stream>>>(pp, gp, mp, vp, op, fp, n, a);
+  };
+  const bool g16 = g.scalar_type() == at::kBFloat16;
+  at::Tensor mo = mirror;
+  if (!mirror.defined()) {
+    if (g16) launch(bp(g), static_cast<bf16*>(nullptr));
+    else launch(g.data_ptr<float>(), static_cast<bf16*>(nullptr));
+  } else if (mirror.scalar_type() == at::kBFloat16) {
+    if (g16) launch(bp(g), bp_out(mo));
+    else launch(g.data_ptr<float>(), bp_out(mo));
+  } else {
+    if (g16) launch(bp(g), mo.data_ptr<float>());
+    else launch(g.data_ptr<float>(), mo.data_ptr<float>());
+  }
+  check_launch();
 }
 
 }  // namespace pgolf::fused::cuda

@@ -49,4 +49,10 @@ at::Tensor relu_square_backward(const at::Tensor& h, const at::Tensor& g, double
 at::Tensor softcap_nll_backward(const at::Tensor& logits, const at::Tensor& delta, const at::Tensor& targets,
                                 const at::Tensor& lse, const at::Tensor& g, double cap);
 
+// One Adam / AdamW step in place (model/fused.h adam_update): p, m, v float32;
+// g float32 or bf16; factors float32 [2]; mirror (optional) float32 or bf16.
+void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
+                 const at::Tensor& factors, double lr, double beta1, double beta2, double eps, double weight_decay,
+                 bool decoupled, const at::Tensor& mirror);
+
 }  // namespace pgolf::fused::cuda

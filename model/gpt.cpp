@@ -61,14 +61,14 @@ struct Ctx {
     auto it = lora->adapters.find(key);
     return it == lora->adapters.end() ? nullptr : &it->second;
   }
-  // y [B, T, out] plus the adapter's (x A^T) B^T for x [B, T, in], if there is one.
+  // y [B, T, out] plus the adapter's (x A) B for x [B, T, in], if there is one.
   at::Tensor with_lora(const at::Tensor& y, const at::Tensor& x, const std::string& key) const {
     const LoraAdapter* a = adapter(key);
     if (!a) return y;
-    at::Tensor xa = at::bmm(store(x), a->A.to(act).transpose(1, 2));  // [B, T, r]
+    at::Tensor xa = at::bmm(store(x), a->A.to(act));  // [B, T, r]
     // One add in the activation type: ATen adds bf16 in float32 and rounds
     // once, the same value as round(float(y) + float(delta)).
-    return y + at::bmm(xa, a->B.to(act).transpose(1, 2));
+    return y + at::bmm(xa, a->B.to(act));
   }
 };
 
@@ -230,7 +230,7 @@ at::Tensor add_skip(const Ctx& c, int j, const at::Tensor& x, const at::Tensor& 
   return c.store(sk + g * (c.up(x) - sk));
 }
 
-// The "head" adapter's (x A_b^T) B_b^T at the positions `pos` (all of x's
+// The "head" adapter's (x A_b) B_b at the positions `pos` (all of x's
 // when null), in row-major order: [n, V] act; undefined without one. x
 // [B, T, E] is the head's input.
 at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const ScorePositions* pos) {
@@ -238,12 +238,12 @@ at::Tensor head_lora_delta(const Ctx& c, const at::Tensor& x, const ScorePositio
   if (!a) return {};
   // x [B, T, E] -> xa [B, T, r] -> the scored positions in per-row slots
   // [B, R, r] -> delta [B, R, V] -> [n, V] in row-major order.
-  const int64_t B = x.size(0), T = x.size(1), R = pos ? pos->max_per_row : T, V = a->B.size(1);
+  const int64_t B = x.size(0), T = x.size(1), R = pos ? pos->max_per_row : T, V = a->B.size(2);
   if (R == 0) return at::zeros({0, V}, x.options().dtype(c.act));
-  at::Tensor xa = at::bmm(c.store(x), a->A.to(c.act).transpose(1, 2));
-  if (!pos) return at::bmm(xa, a->B.to(c.act).transpose(1, 2)).reshape({B * T, V});
+  at::Tensor xa = at::bmm(c.store(x), a->A.to(c.act));
+  if (!pos) return at::bmm(xa, a->B.to(c.act)).reshape({B * T, V});
   xa = xa.reshape({B * T, xa.size(2)}).index_select(0, pos->slot_src).view({B, R, -1});
-  const at::Tensor d = at::bmm(xa, a->B.to(c.act).transpose(1, 2));
+  const at::Tensor d = at::bmm(xa, a->B.to(c.act));
   return d.reshape({B * R, V}).index_select(0, pos->slot_of);
 }
 

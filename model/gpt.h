@@ -51,15 +51,18 @@ void check_weights(const GptWeights& w, const std::string& source);
 enum class Precision { F32, F64, BF16 };
 
 // Low-rank adapters, one per batch row (test-time training): at a site with
-// input x [B, T, in] and output y [B, T, out], row b's y gains
-// (x_b A_b^T) B_b^T, with A [B, r, in] and B [B, out, r] (any float type, cast
-// to the activation type; gradients reach A and B through forward_nll).
+// input x [B, T, in] and output y [B, T, out], row b's y gains (x_b A_b) B_b,
+// with A [B, in, r] and B [B, r, out] (any float type, cast to the activation
+// type; gradients reach A and B through forward_nll). The reference's A
+// [r, in] and B [out, r] are these transposed: this layout makes both
+// gradients come out of their batched matmuls contiguous, in the adapters'
+// own layout, so accumulating them is a plain vectorised add.
 // Sites, keyed lora_key(step, site) where step indexes layer_sequence() (one
 // adapter per unrolled step of depth recurrence, the reference's "slot"):
 //   "q", "k", "v"  x = the block's normed attention input n (after ln_scale),
 //                  y = c_q / c_k / c_v's output (before the q/k norms).
 //   "o"            x = the attention output (proj's input, after XSA), y = proj's
-//                  output: the same as adding B_b A_b to proj.weight.
+//                  output: the same as adding (A_b B_b)^T to proj.weight.
 //   "o_norm"       x = n, y = proj's output (before attn_scale): the O adapter
 //                  of 2026-04-10_VarLenAttn (_block_with_lora: o_loras(n)).
 //   "mlp"          x = the MLP's normed input (after ln_scale), y = the MLP's

@@ -45,18 +45,21 @@ fi
   --timeline "$O/ttt_timeline.tsv" >"$O/ttt.json" 2>"$O/ttt.log" || tail -20 "$O/ttt.log"
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-base --json --quiet \
   --timeline "$O/ttt_nobase_timeline.tsv" >"$O/ttt_nobase.json" 2>"$O/ttt_nobase.log" || tail -20 "$O/ttt_nobase.log"
-for t in ttt ttt_nobase; do
-  [ -f "$O/${t}_timeline.tsv" ] && python3 scripts/timeline_summary.py "$O/${t}_timeline.tsv" >"$O/${t}_timeline.txt" 2>&1
-done
 for s in ${TTT_SEEDS:-}; do  # TTT_SEEDS="1 2": more seeds (the noise floor of the gain)
   "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed "$s" --json --quiet \
     >"$O/ttt_seed$s.json" 2>"$O/ttt_seed$s.log" || tail -20 "$O/ttt_seed$s.log"
 done
 if [ "${VARLEN_DOCS:-0}" -gt 0 ]; then  # varlen-0410's speed on a frontier-shaped model (random weights)
   "$P" init --preset frontier --set vocab_size=8192 --out /tmp/frontier.h5 >/dev/null
-  timeout "${VARLEN_TIMEOUT:-150}" "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 --no-base \
-    --max-docs "$VARLEN_DOCS" --json --quiet >"$O/ttt_varlen.json" 2>"$O/ttt_varlen.log" || tail -5 "$O/ttt_varlen.log"
+  # VARLEN_BASE=1: with the scores without TTT (the comparison) too
+  NB=--no-base; [ "${VARLEN_BASE:-0}" = 1 ] && NB=
+  timeout "${VARLEN_TIMEOUT:-150}" "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 $NB \
+    --max-docs "$VARLEN_DOCS" --json --quiet --timeline "$O/ttt_varlen_timeline.tsv" >"$O/ttt_varlen.json" \
+    2>"$O/ttt_varlen.log" || tail -5 "$O/ttt_varlen.log"
 fi
+for t in ttt ttt_nobase ttt_varlen; do
+  [ -f "$O/${t}_timeline.tsv" ] && python3 scripts/timeline_summary.py "$O/${t}_timeline.tsv" >"$O/${t}_timeline.txt" 2>&1
+done
 "$P" ttt --model "$MODEL" --val "$VAL" --tokenizer "$TOK" --recipe lora-0317 --seed 0 --no-cuda-graphs --json --quiet \
   >"$O/ttt_nograph.json" 2>"$O/ttt_nograph.log" || tail -20 "$O/ttt_nograph.log"
 if [ "${PROFILE:-1}" = 1 ]; then
@@ -87,6 +90,7 @@ echo
 sed -n "/^attention/,\$p" "$O/fused_check.txt"
 [ -f "$O/trace_ttt.txt" ] && head -100 "$O/trace_ttt.txt"
 for t in ttt ttt_nobase; do [ -f "$O/${t}_timeline.txt" ] && echo "$t:" && cat "$O/${t}_timeline.txt"; done
+[ -f "$O/ttt_varlen_timeline.txt" ] && echo "ttt_varlen:" && head -3 "$O/ttt_varlen_timeline.txt" && tail -1 "$O/ttt_varlen_timeline.txt" | cut -c1-1500
 [ -f "$O/trace_varlen.txt" ] && head -55 "$O/trace_varlen.txt"
 [ -f "$O/trace_sw.txt" ] && head -40 "$O/trace_sw.txt"
 [ -f "$O/trace_std.txt" ] && head -30 "$O/trace_std.txt"
@@ -101,7 +105,7 @@ echo "| ttt lora-0317 | $(j "$O/ttt.json" bpb bpb_base seconds ttt_seconds targe
 for s in ${TTT_SEEDS:-}; do
   echo "| ttt lora-0317 seed $s | $(j "$O/ttt_seed$s.json" bpb bpb_base gain gain_stderr seconds ttt_seconds) |"
 done
-echo "| ttt varlen-0410 frontier (docs targets s tok/s steps replays captures) | $(j "$O/ttt_varlen.json" docs targets ttt_seconds targets_per_second steps graph_replays graph_captures) |"
+echo "| ttt varlen-0410 frontier (docs targets s tok/s steps replays captures bpb bpb_base) | $(j "$O/ttt_varlen.json" docs targets ttt_seconds targets_per_second steps graph_replays graph_captures bpb bpb_base) |"
 echo "| ttt lora-0317 --no-cuda-graphs | $(j "$O/ttt_nograph.json" bpb bpb_base seconds ttt_seconds targets_per_second host_seconds) |"
 echo "| ttt lora-0317 --no-base | $(j "$O/ttt_nobase.json" bpb seconds ttt_seconds targets_per_second host_seconds) |"
 echo "| eval standard (bpb s tok/s replays) | $(j "$O/eval_std.json" bpb eval_seconds targets_per_second graph_replays host_seconds) |"

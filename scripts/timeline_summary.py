@@ -39,6 +39,11 @@ def main(path):
     print("shape              steps  device ms/step  host ms/step  waits ms (total)")
     for key, (n, dev, host, w) in sorted(shapes.items(), key=lambda kv: -kv[1][1]):
         print(f"{key}  {n:5d}  {dev/n:14.2f}  {host/n:12.2f}  {w:8.1f}")
+    if "reserved_mib" in rows[0]:
+        mib = [float(r["reserved_mib"]) for r in rows]
+        after = [f'{r["rows"]}x{r["width"]}:{float(r["reserved_mib"]):.0f}' for r in caps]
+        print(f"device memory held by the allocator: max {max(mib):.0f} MiB, at the end {mib[-1]:.0f} MiB; "
+              f"after each capture (MiB): " + " ".join(after))
 
 if __name__ == "__main__":
     main(sys.argv[1])

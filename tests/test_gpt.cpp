@@ -278,7 +278,7 @@ TEST(GptLora, EqualsMergedWeightsPerRow) {
   LoraSet lora;
   const int64_t d = c.model_dim, kv = c.num_kv_heads * c.head_dim();
   auto adapter = [&](int64_t out, int64_t in_dim) {
-    return LoraAdapter{at::randn({B, r, in_dim}, at::kDouble) * 0.2, at::randn({B, out, r}, at::kDouble) * 0.2};
+    return LoraAdapter{at::randn({B, in_dim, r}, at::kDouble) * 0.2, at::randn({B, r, out}, at::kDouble) * 0.2};
   };
   for (int L = 0; L < c.num_layers; ++L) {
     lora.adapters[lora_key(L, "q")] = adapter(d, d);
@@ -297,7 +297,7 @@ TEST(GptLora, EqualsMergedWeightsPerRow) {
     GptWeights m = w;
     auto merge = [&](const std::string& key, const std::string& weight) {
       const LoraAdapter& a = lora.adapters.at(key);
-      m.tensors[weight] = w.get(weight) + at::matmul(a.B[b], a.A[b]);
+      m.tensors[weight] = w.get(weight) + at::matmul(a.A[b], a.B[b]).t();
     };
     for (int L = 0; L < c.num_layers; ++L) {
       const std::string p = "blocks." + std::to_string(L) + ".attn.";
@@ -323,10 +323,10 @@ TEST(GptLora, ZeroBIsANoOpAndGradientsReachTheAdapters) {
   at::Tensor in = at::randint(c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
   LoraSet lora;
   for (int s = 0; s < steps; ++s)
-    lora.adapters[lora_key(s, "q")] = {at::randn({B, r, c.model_dim}, at::kDouble).requires_grad_(),
-                                       at::zeros({B, c.model_dim, r}, at::kDouble).requires_grad_()};
-  lora.adapters["head"] = {at::randn({B, r, c.embed_dim()}, at::kDouble).requires_grad_(),
-                           at::zeros({B, c.vocab_size, r}, at::kDouble).requires_grad_()};
+    lora.adapters[lora_key(s, "q")] = {at::randn({B, c.model_dim, r}, at::kDouble).requires_grad_(),
+                                       at::zeros({B, r, c.model_dim}, at::kDouble).requires_grad_()};
+  lora.adapters["head"] = {at::randn({B, c.embed_dim(), r}, at::kDouble).requires_grad_(),
+                           at::zeros({B, r, c.vocab_size}, at::kDouble).requires_grad_()};
   ForwardOptions opt;
   opt.precision = Precision::F64;
   at::Tensor base = forward_nll(w, in, tg, opt);
@@ -348,12 +348,13 @@ TEST(GptLora, ZeroBIsANoOpAndGradientsReachTheAdapters) {
 RefLora ref_lora(const LoraSet& lora, int64_t b) {
   RefLora rl;
   for (const auto& [key, a] : lora.adapters) {
-    const int64_t r = a.A.size(1);
-    Mat A(size_t(r), Vec(size_t(a.A.size(2)))), Bm(size_t(a.B.size(1)), Vec(size_t(r)));
+    // pgolf's A [in, r] and B [r, out] are the reference's A [r, in] and B [out, r] transposed.
+    const int64_t r = a.A.size(2);
+    Mat A(size_t(r), Vec(size_t(a.A.size(1)))), Bm(size_t(a.B.size(2)), Vec(size_t(r)));
     for (int64_t i = 0; i < r; ++i)
-      for (int64_t j = 0; j < a.A.size(2); ++j) A[size_t(i)][size_t(j)] = a.A[b][i][j].item<double>();
-    for (int64_t o = 0; o < a.B.size(1); ++o)
-      for (int64_t i = 0; i < r; ++i) Bm[size_t(o)][size_t(i)] = a.B[b][o][i].item<double>();
+      for (int64_t j = 0; j < a.A.size(1); ++j) A[size_t(i)][size_t(j)] = a.A[b][j][i].item<double>();
+    for (int64_t o = 0; o < a.B.size(2); ++o)
+      for (int64_t i = 0; i < r; ++i) Bm[size_t(o)][size_t(i)] = a.B[b][i][o].item<double>();
     rl.sites[key] = {A, Bm};
   }
   return rl;
@@ -372,7 +373,7 @@ TEST(GptLora, AllSitesMatchLoopReferencePerRow) {
     at::Tensor in = at::randint(c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
     LoraSet lora;
     auto adapter = [&](int64_t out, int64_t in_dim) {
-      return LoraAdapter{at::randn({B, r, in_dim}, at::kDouble) * 0.3, at::randn({B, out, r}, at::kDouble) * 0.3};
+      return LoraAdapter{at::randn({B, in_dim, r}, at::kDouble) * 0.3, at::randn({B, r, out}, at::kDouble) * 0.3};
     };
     const int steps = int(c.layer_sequence().size());
     for (int s = 0; s < steps; ++s) {
@@ -419,8 +420,8 @@ TEST(GptLora, ScoredSuffixTrimsTheLastStepWithTheSameGradients) {
     at::Tensor in = at::randint(c.vocab_size, {B, T}, at::kLong), tg = at::randint(c.vocab_size, {B, T}, at::kLong);
     LoraSet lora;
     auto adapter = [&](int64_t out, int64_t in_dim) {
-      return LoraAdapter{(at::randn({B, r, in_dim}, at::kDouble) * 0.3).requires_grad_(),
-                         (at::randn({B, out, r}, at::kDouble) * 0.3).requires_grad_()};
+      return LoraAdapter{(at::randn({B, in_dim, r}, at::kDouble) * 0.3).requires_grad_(),
+                         (at::randn({B, r, out}, at::kDouble) * 0.3).requires_grad_()};
     };
     for (int s = 0; s < int(c.layer_sequence().size()); ++s) {
       lora.adapters[lora_key(s, "q")] = adapter(d, d);
@@ -479,7 +480,7 @@ TEST(GptLora, GradientsReachEverySiteInFloat32AndBf16) {
   for (Precision p : {Precision::F32, Precision::BF16}) {
     LoraSet lora;
     auto adapter = [&](int64_t out, int64_t in_dim) {
-      return LoraAdapter{(at::randn({B, r, in_dim}) * 0.3).requires_grad_(), (at::randn({B, out, r}) * 0.3).requires_grad_()};
+      return LoraAdapter{(at::randn({B, in_dim, r}) * 0.3).requires_grad_(), (at::randn({B, r, out}) * 0.3).requires_grad_()};
     };
     for (const char* site : {"q", "k", "v", "o_norm", "mlp"})
       lora.adapters[lora_key(2, site)] = adapter(std::string(site) == "k" || std::string(site) == "v" ? kv : d, d);

@@ -172,10 +172,11 @@ TEST(TttAdapters, InitIsKeyedUniformAndMatchesTheHostGenerator) {
   a.reset(11, {5, 2, 9});
   LoraSet set = a.views();
   const LoraAdapter& q = set.adapters.at(lora_key(1, "q"));
-  ASSERT_EQ(q.A.sizes(), (std::vector<int64_t>{3, 4, c.model_dim}));
+  ASSERT_EQ(q.A.sizes(), (std::vector<int64_t>{3, c.model_dim, 4}));  // [rows, in, r]
+  ASSERT_EQ(q.B.sizes(), (std::vector<int64_t>{3, 4, c.model_dim}));  // [rows, r, out]
   EXPECT_EQ(q.B.abs().sum().item<double>(), 0.0);
   const double bound = 1.0 / std::sqrt(double(c.model_dim));
-  at::Tensor row1 = q.A[1].reshape({-1});
+  at::Tensor row1 = q.A[1].t().reshape({-1});  // the reference's [r, in] order
   for (int64_t i = 0; i < row1.numel(); ++i)
     EXPECT_EQ(row1[i].item<double>(), lora_init_value(11, 2, lora_key(1, "q"), uint64_t(i), bound));
   EXPECT_LE(q.A.abs().max().item<double>(), bound);
@@ -237,6 +238,51 @@ TEST(TttAdapters, GradientsLandInTheFlatBufferRows) {
   EXPECT_EQ(moved.sum().item<int64_t>(), (a.grad() != 0).sum().item<int64_t>());
   a.zero_grad();
   EXPECT_EQ(a.grad().abs().sum().item<double>(), 0.0);
+}
+
+// With a narrower compute type (bf16 under bf16 activations) the leaves are
+// a copy of the float32 parameters in that type, their gradients are in it,
+// and the optimizer updates the float32 parameters from them and refreshes
+// the copy: the same update as from the gradient widened to float32.
+TEST(TttAdapters, NarrowLeavesMirrorTheParameters) {
+  const std::vector<LoraSiteSpec> sites = {{"q", 8, 8}, {"head", 8, 12}};
+  BatchAdapters a(sites, 2, 4, at::kFloat, at::kCPU, at::kBFloat16);
+  a.reset(5, {0, 1});
+  ASSERT_TRUE(a.mirror().defined());
+  EXPECT_EQ(a.mirror().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(a.grad().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(a.params().scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(a.mirror(), a.params().to(at::kBFloat16)));
+  for (const auto& [key, ad] : a.views().adapters) {
+    EXPECT_EQ(ad.A.scalar_type(), at::kBFloat16) << key;
+    EXPECT_EQ(ad.A.data_ptr(), a.mirror().data_ptr<at::BFloat16>() + (key == "q" ? 0 : 2 * 4 * 8)) << key;
+  }
+  at::Tensor loss = at::zeros({}, at::kFloat);
+  for (const auto& [key, ad] : a.views().adapters)
+    loss = loss + (ad.A.to(at::kFloat) * 3.0).sum() + (ad.B.to(at::kFloat) - 0.5).pow(2).sum();
+  loss.backward();
+  EXPECT_GT(a.grad().abs().sum().item<double>(), 0.0);
+  // The same step from the gradient widened to float32, with no mirror.
+  at::Tensor p_ref = a.params().clone();
+  const at::Tensor g_wide = a.grad().to(at::kFloat);
+  for (const bool decoupled : {false, true}) {
+    const AdamConfig cfg{0.05, 0.9, 0.95, 1e-10, 0.1, decoupled};
+    FlatAdam narrow(cfg), wide(cfg);
+    at::Tensor p = a.params().clone(), q = p_ref.clone(), mirror = at::empty_like(a.mirror());
+    narrow.reset(p), wide.reset(q);
+    for (int t = 0; t < 2; ++t) {
+      narrow.prepare(), wide.prepare();
+      narrow.apply(p, a.grad(), mirror);
+      wide.apply(q, g_wide);
+    }
+    EXPECT_TRUE(at::equal(p, q)) << decoupled;
+    EXPECT_TRUE(at::equal(mirror, p.to(at::kBFloat16))) << decoupled;
+    EXPECT_FALSE(at::equal(p, a.params())) << decoupled;
+  }
+  // reset() refreshes the mirror too.
+  a.params().add_(1.0);
+  a.reset(6, {0, 1});
+  EXPECT_TRUE(at::equal(a.mirror(), a.params().to(at::kBFloat16)));
 }
 
 TEST(Ttt, EveryTargetIsScoredExactlyOnce) {

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "data/error.h"
+#include "model/fused.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -35,9 +36,14 @@ void FlatAdam::prepare() {
     factors_.copy_(host);
 }
 
-void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad) {
+void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad, const at::Tensor& mirror) {
   c10::NoGradGuard no_grad;
-  at::Tensor g = grad;
+  if (fused::adam_available(p, grad, mirror)) {
+    fused::adam_update(p, grad, m_, v_, factors_, {c_.lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay, c_.decoupled},
+                       mirror);
+    return;
+  }
+  at::Tensor g = grad.to(p.scalar_type());
   if (c_.weight_decay != 0.0) {
     if (c_.decoupled)
       p.mul_(1.0 - c_.lr * c_.weight_decay);
@@ -48,6 +54,7 @@ void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad) {
   v_.mul_(c_.beta2).addcmul_(g, g, 1.0 - c_.beta2);
   at::Tensor denom = (v_.sqrt() / factors_.select(0, 1)).add_(c_.eps);
   p.add_(m_ / denom * factors_.select(0, 0));
+  if (mirror.defined()) mirror.copy_(p);
 }
 
 }  // namespace pgolf

@@ -1,6 +1,6 @@
-// Adam / AdamW on one flat parameter tensor, written with plain tensor ops:
-// every element (so every batch row's adapter) is updated independently, in a
-// handful of kernels. The update is torch.optim.Adam's (decoupled = false:
+// Adam / AdamW on one flat parameter tensor: every element (so every batch
+// row's adapter) is updated independently -- one fused kernel for float32 on
+// CUDA (fused::adam_update), plain tensor ops elsewhere. The update is torch.optim.Adam's (decoupled = false:
 // L2 weight decay added to the gradient) or torch.optim.AdamW's (decoupled:
 // p *= 1 - lr * wd first), with bias correction:
 //   t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2
@@ -28,9 +28,11 @@ class FlatAdam {
   void reset(const at::Tensor& p);
   // t += 1 and queue that step's bias corrections to the device (host side).
   void prepare();
-  // The update of p in place from gradient g with the prepared step's
-  // factors (device ops only, no autograd recording).
-  void apply(at::Tensor& p, const at::Tensor& g);
+  // The update of p in place from gradient g (p's type, or a narrower one:
+  // read as p's) with the prepared step's factors (device ops only, no
+  // autograd recording); mirror, when defined, receives the new p in its own
+  // type (BatchAdapters::mirror).
+  void apply(at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror = {});
   // prepare() then apply().
   void step(at::Tensor& p, const at::Tensor& g) {
     prepare();

@@ -94,7 +94,7 @@ double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site,
 }
 
 BatchAdapters::BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int64_t rank, at::ScalarType dtype,
-                             const at::Device& device)
+                             const at::Device& device, std::optional<at::ScalarType> compute)
     : sites_(std::move(sites)), rows_(rows), rank_(rank) {
   if (sites_.empty()) throw Error("ttt: no adapter sites");
   // Every A first, then every B: the A blocks of consecutive sites with the
@@ -111,7 +111,8 @@ BatchAdapters::BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int6
     total += rows * s.out * rank;
   }
   params_ = at::zeros({total}, at::TensorOptions().dtype(dtype).device(device));
-  grad_ = at::zeros_like(params_);
+  if (compute && *compute != dtype) mirror_ = at::zeros({total}, params_.options().dtype(*compute));
+  grad_ = at::zeros_like(mirror_.defined() ? mirror_ : params_);
   leaves_ = make_leaves(0, rows_);
   // Runs of sites to initialise together: same input width, a bounded
   // number of elements (the generator's int64 temporaries).
@@ -152,9 +153,12 @@ void BatchAdapters::reset(uint64_t seed, const std::vector<uint64_t>& row_keys) 
     at::Tensor rowh = all.narrow(0, int64_t(run.first), K).view({K, rows_, 1});
     at::Tensor h = fmix32(at::bitwise_and(rowh + mul32(at::arange(n, i64), kWeyl).view({1, 1, n}), int64_t(0xFFFFFFFF)));
     const double bound = 1.0 / std::sqrt(double(in));
-    at::Tensor u = (shr(h, 8).to(at::kDouble) * 0x1p-23 - 1.0) * bound;
-    params_.narrow(0, a_offsets_[run.first], K * rows_ * n).copy_(u.reshape({-1}));
+    at::Tensor u = (shr(h, 8).to(at::kDouble) * 0x1p-23 - 1.0) * bound;  // [K, rows, r * in]: the reference's A
+    params_.narrow(0, a_offsets_[run.first], K * rows_ * n)
+        .view({K, rows_, in, rank_})
+        .copy_(u.view({K, rows_, rank_, in}).transpose(2, 3));
   }
+  if (mirror_.defined()) mirror_.copy_(params_);
 }
 
 LoraSet BatchAdapters::views() const { return leaves_; }
@@ -162,16 +166,17 @@ LoraSet BatchAdapters::views() const { return leaves_; }
 LoraSet BatchAdapters::make_leaves(int64_t first, int64_t count) const {
   c10::NoGradGuard no_grad;
   LoraSet set;
+  const at::Tensor& values = mirror_.defined() ? mirror_ : params_;
   for (size_t k = 0; k < sites_.size(); ++k) {
     const LoraSiteSpec& s = sites_[k];
     auto leaf = [&](int64_t off, int64_t per_row, std::vector<int64_t> shape) {
-      at::Tensor t = params_.narrow(0, off + first * per_row, count * per_row).view(shape).detach();
+      at::Tensor t = values.narrow(0, off + first * per_row, count * per_row).view(shape).detach();
       t.set_requires_grad(true);
       t.mutable_grad() = grad_.narrow(0, off + first * per_row, count * per_row).view(shape);
       return t;
     };
-    set.adapters[s.key] = {leaf(a_offsets_[k], rank_ * s.in, {count, rank_, s.in}),
-                           leaf(b_offsets_[k], s.out * rank_, {count, s.out, rank_})};
+    set.adapters[s.key] = {leaf(a_offsets_[k], rank_ * s.in, {count, s.in, rank_}),
+                           leaf(b_offsets_[k], s.out * rank_, {count, rank_, s.out})};
   }
   return set;
 }

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,7 +37,8 @@ std::vector<LoraSiteSpec> lora_sites(const ModelConfig& cfg, const std::vector<s
                                      bool looping = true);
 
 // The generator: U(-bound, bound) value of element i of the A matrix of
-// (seed, row_key, site) -- what BatchAdapters::reset writes, as a host
+// (seed, row_key, site), i row-major over the reference's [r, in] layout
+// (pgolf's A[b] is that matrix transposed) -- what BatchAdapters::reset writes, as a host
 // function (tests compare against it).
 double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site, uint64_t i, double bound);
 
@@ -46,17 +48,27 @@ double lora_init_value(uint64_t seed, uint64_t row_key, const std::string& site,
 // gradient buffer: backward adds each site's gradient in place, where one
 // leaf for the whole buffer would have each site's slice backward build and
 // sum buffer-sized gradients.
+//
+// With a compute type other than the parameters' (bf16 activations over
+// float32 parameters on the GPU) the leaves view a copy of the parameters in
+// that type, and their gradients are in that type too: the forward would
+// round A and B to it anyway (the reference's autocast), and each gradient
+// arrives in it, so nothing is lost -- the optimizer reads the rounded
+// gradient, updates the float32 parameters and refreshes the copy
+// (FlatAdam::apply's mirror). That spares a cast of every adapter in every
+// forward and of every gradient in every backward.
 class BatchAdapters {
  public:
-  // rows adapters of rank r per site; dtype float32 or float64.
+  // rows adapters of rank r per site; dtype float32 or float64; compute the
+  // leaves' type (undefined: dtype).
   BatchAdapters(std::vector<LoraSiteSpec> sites, int64_t rows, int64_t rank, at::ScalarType dtype,
-                const at::Device& device);
+                const at::Device& device, std::optional<at::ScalarType> compute = std::nullopt);
 
   int64_t rows() const { return rows_; }
   int64_t rank() const { return rank_; }
   // A of row b from (seed, row_keys[b], site), B = 0; the gradient is zeroed.
   void reset(uint64_t seed, const std::vector<uint64_t>& row_keys);
-  // The leaves, one LoraAdapter per site: A [rows, r, in], B [rows, out, r].
+  // The leaves, one LoraAdapter per site: A [rows, in, r], B [rows, r, out].
   LoraSet views() const;
   // Rows [first, first + count) of every site: leaves of their own over that
   // part of the buffer and of the gradient (made once per range).
@@ -64,10 +76,13 @@ class BatchAdapters {
   // The rows `rows` lists (int64 [n] on the buffer's device): differentiable
   // copies (gradients flow back to those rows).
   LoraSet views(const at::Tensor& rows) const;
-  // The flat parameters [total] and gradient [total] (in place: graphs and
-  // the optimizer hold them). Backward adds into grad(); zero it first.
+  // The flat parameters [total] (dtype) and gradient [total] (the compute
+  // type), in place: graphs and the optimizer hold them. Backward adds into
+  // grad(); zero it first. mirror(): the leaves' copy of the parameters when
+  // it is a tensor of its own (else undefined): refresh it after an update.
   at::Tensor& params() { return params_; }
   at::Tensor& grad() { return grad_; }
+  at::Tensor& mirror() { return mirror_; }
   void zero_grad();
 
  private:
@@ -78,7 +93,7 @@ class BatchAdapters {
     size_t first, count;  // sites whose A blocks reset() fills together
   };
   std::vector<InitRun> init_runs_;
-  at::Tensor params_, grad_;
+  at::Tensor params_, grad_, mirror_;
   // Leaves over rows [first, first + count) of every site, gradients set to
   // the same part of grad_.
   LoraSet make_leaves(int64_t first, int64_t count) const;

@@ -95,8 +95,8 @@ void accumulate(TttResult& r, const TttStep& st, const std::vector<int64_t>& row
 // come from one TTT batch at a time, so a document's forwards, and so its
 // numbers, do not depend on the world size. On CUDA they run on a stream of
 // their own, beside the TTT steps: they depend on nothing the steps write,
-// and their kernels fill the device while the steps leave it idle (during
-// captures); the same kernels on the same shapes, so the same numbers.
+// and their kernels fill gaps the steps leave; the same kernels on the same
+// shapes, so the same numbers.
 class BaseScores {
  public:
   BaseScores(const GptWeights& w, const CastWeights& cast, Precision precision, const std::vector<uint16_t>& tok,
@@ -423,10 +423,16 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
   if (o.base)
     for (const TttBatch& batch : plan.batches) base.add(batch);
 
+  uint64_t total_steps = 0;
   for (const TttBatch& batch : plan.batches)
-    for (const TttStepShape& sh : shapes.at(batch.index)) runner.expect(sh);
+    for (const TttStepShape& sh : shapes.at(batch.index)) runner.expect(sh), ++total_steps;
+  const uint64_t base_total = base.planned();
+  const bool spread_base = o.base && o.cuda_graphs && device.is_cuda();
 
-  BatchAdapters adapters(sites, batch_rows, o.lora_rank, param_type, device);
+  // Under bf16 the forward reads the adapters rounded to bf16: the leaves are
+  // a bf16 mirror of the float32 parameters (BatchAdapters).
+  const at::ScalarType leaf_type = o.precision == Precision::BF16 ? at::kBFloat16 : param_type;
+  BatchAdapters adapters(sites, batch_rows, o.lora_rank, param_type, device, leaf_type);
   runner.bind(&adapters, &adam);
   if (device.is_cuda() && !plan.batches.empty()) {
     // One-time device warm-up, timed apart (TttResult::warmup_seconds): the
@@ -470,28 +476,30 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const double issue = o.timeline ? host_ms() : 0.0;
       const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
       r.host_prepare += t.lap();
-      if (o.base && runner.would_capture(shape)) {
-        // The base forwards (on a stream of their own) go out in even shares
-        // before the captures of the steps' graphs: the device runs them
-        // while the host records a graph, when it would otherwise wait (tens
-        // of milliseconds per capture). Without graphs they all go after the
-        // last step.
-        const size_t ahead = size_t(std::max(1, runner.captures_ahead()));
-        for (size_t i = 0, n = (base.planned() + ahead - 1) / ahead; i < n; ++i) base.issue_next();
-        r.host_base += t.lap();
-      }
       const TttStepScores sc = runner.run(shape, in);
       if (o.timeline) {
         clock->mark();
         const TttStepRunner::LastRunTimes& lr = runner.last_run();
         r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, lr.run, issue, host_ms(), 0.0,
-                              lr.capture_ms, lr.instantiate_ms, lr.launch_ms});
+                              lr.capture_ms, lr.instantiate_ms, lr.launch_ms, lr.reserved_mib});
       }
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.
       pending.push_back(Pending{st, rows, HostCopy(sc.nll)});
       ++r.steps;
       r.updates += st.update ? o.grad_steps : 0;
+      if (spread_base) {
+        // The base forwards (on a stream of their own) go out evenly over the
+        // steps, while the host would wait on a full queue of graph launches;
+        // issuing them costs the host more time than their kernels take, so
+        // issued in a lump (before the captures) they left the device idle.
+        // Without graphs the host is the bottleneck: they go after the last step.
+        const uint64_t due = (base_total * r.steps + total_steps - 1) / total_steps;
+        t.lap();  // the step's own parts are in runner.seconds()
+        while (base_total - base.planned() < due && base.issue_next()) {
+        }
+        r.host_base += t.lap();
+      }
       r.tokens_in += rows.size() * st.width;
       t.lap();  // the step's own parts are in runner.seconds()
       read_back(16);

@@ -87,6 +87,7 @@ struct TttStepTime {
   char run = 0;  // TttStepRunner::last_run(): 'e' eager, 'c' capture, 'r' replay
   double host_begin = 0, host_end = 0, device_end = 0;
   double capture = 0, instantiate = 0, launch = 0;  // host ms in each (TttStepRunner::last_run())
+  double reserved_mib = 0;  // device memory the allocator held after it (TttStepRunner::last_run())
 };
 
 struct TttResult {

@@ -31,14 +31,16 @@ constexpr size_t kMaxGraphs = 64;
 // plan of many shapes (varlen-0410 with a small chunk: dozens of widths)
 // would fill the device. Captures stop once half of it is held after the
 // allocator's free cached blocks are released; later new shapes run eagerly.
+// Bytes the caching allocator holds on the device, in all pools ([0]: the aggregate).
+size_t reserved_bytes(const at::Device& device) {
+  return size_t(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current);
+}
+
 bool room_for_a_graph(const at::Device& device) {
   const size_t half = at::cuda::getDeviceProperties(device.index())->totalGlobalMem / 2;
-  auto held = [&] {  // reserved in all pools ([0]: the aggregate)
-    return size_t(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current);
-  };
-  if (held() < half) return true;
+  if (reserved_bytes(device) < half) return true;
   c10::cuda::CUDACachingAllocator::emptyCache();  // waits for the device: only when it may matter
-  return held() < half;
+  return reserved_bytes(device) < half;
 }
 #endif
 
@@ -128,7 +130,7 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b
     (nll.narrow(1, sh.width - C, C).mean(1) * b.train_weight).sum().backward();
     nll = at::Tensor();  // frees the graph's activations before the update
     if (timed) seconds_.backward += t.lap();
-    adam_->apply(adapters_->params(), adapters_->grad());
+    adam_->apply(adapters_->params(), adapters_->grad(), adapters_->mirror());
     if (timed) seconds_.update += t.lap();
   }
   return out;
@@ -141,70 +143,111 @@ bool TttStepRunner::would_capture(const TttStepShape& sh) const {
          graph_.size() < kMaxGraphs && !full_;
 }
 
-int TttStepRunner::captures_ahead() const {
-  if (!graphs_ || full_) return 0;
-  int n = 0;
-  for (const auto& [sh, count] : expected_) n += count >= 2 && !graph_.count(sh);
-  return std::min<int>(n, int(kMaxGraphs - graph_.size()));
-}
-
 TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
   if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::run before bind");
   if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it
-  auto upload = [&](TttStepInputs& b) {
-    b.inputs = to_device(in.inputs, device_);
-    b.targets = to_device(in.targets, device_);
-    b.adapter_rows = to_device(in.adapter_rows, device_);
-    b.train_weight = to_device(in.train_weight, device_);
-  };
   last_ = LastRunTimes{};
   auto it = graph_.find(sh);
-  bool capture = would_capture(sh);
-#if PGOLF_WITH_CUDA
-  if (capture && !room_for_a_graph(device_)) full_ = true, capture = false;
-#endif
-  if (it == graph_.end() && !capture) {
+  if (it == graph_.end() && !would_capture(sh)) {
     TttStepInputs b;
-    upload(b);
+    upload(in, b);
     warm_ = true;
     warm_update_ |= sh.update;
     last_.run = 'e';
-    return step(sh, b, /*timed=*/true);
+    TttStepScores out = step(sh, b, /*timed=*/true);
+#if PGOLF_WITH_CUDA
+    if (device_.is_cuda()) last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
+#endif
+    return out;
   }
 #if PGOLF_WITH_CUDA
   LapTimer t;
   if (it == graph_.end()) {
-    // Capture this shape's step. Nothing runs during a capture, so the step
-    // still has to be replayed below. One memory pool for all the graphs
-    // (the first one's): their replays never overlap (one stream) and each
-    // keeps its outputs alive.
-    auto g = std::make_unique<Graph>();
-    upload(g->in);
-    scored(sh.rows, sh.width);  // its host-to-device copies must not be captured
-    if (graph_.empty())
-      g->graph.capture_begin();
-    else
-      g->graph.capture_begin(graph_.begin()->second->graph.pool());
-    g->out = step(sh, g->in, /*timed=*/false);
+    // Capture every shape that may be captured now, this one included, the
+    // largest first. The graphs share one memory pool, and a capture reuses
+    // the blocks its predecessors freed only where they are large enough:
+    // captured in the order the plan meets them (growing widths) each new
+    // graph added segments of its own, and varlen-0410's graphs filled half
+    // the device by width 1408 of 2048. Largest first, the first graph's
+    // blocks serve all the others.
+    std::vector<TttStepShape> todo;
+    for (const auto& [shape, count] : expected_)
+      if (would_capture(shape)) todo.push_back(shape);
+    std::stable_sort(todo.begin(), todo.end(), [](const TttStepShape& a, const TttStepShape& b) {
+      return std::make_pair(a.rows * a.width, int(a.update)) > std::make_pair(b.rows * b.width, int(b.update));
+    });
+    const at::ScalarType weight_type = adapters_->params().scalar_type();
+    for (const TttStepShape& shape : todo) {
+      if (graph_.size() >= kMaxGraphs || !room_for_a_graph(device_)) {
+        full_ = true;
+        break;
+      }
+      // Inputs: this step's own, or placeholders of the shape's sizes (a
+      // capture runs nothing; replays refill them).
+      const int64_t first = std::max<int64_t>(shape.first_row, 0);
+      capture(shape, shape == sh ? in
+                                 : TttStepInputs{at::zeros({shape.rows, shape.width}, at::kLong),
+                                                 at::zeros({shape.rows, shape.width}, at::kLong),
+                                                 at::arange(first, first + shape.rows, at::kLong),
+                                                 at::zeros({shape.rows}, weight_type)});
+    }
     last_.capture_ms = 1e3 * t.lap();
-    g->graph.capture_end();  // and instantiation
-    last_.instantiate_ms = 1e3 * t.lap();
-    it = graph_.emplace(sh, std::move(g)).first;
-    ++captures_;
+    it = graph_.find(sh);
+    if (it == graph_.end()) {  // no room left for this one: run it eagerly
+      TttStepInputs b;
+      upload(in, b);
+      last_.run = 'e';
+      TttStepScores out = step(sh, b, /*timed=*/true);
+      last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
+      return out;
+    }
     last_.run = 'c';
   } else {
     last_.run = 'r';
-    TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
-    for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
-                            {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})
-      dst->copy_(src->pin_memory(), /*non_blocking=*/true);
   }
+  TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
+  for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
+                          {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})
+    dst->copy_(src->pin_memory(), /*non_blocking=*/true);
   it->second->graph.replay();
   ++replays_;
   last_.launch_ms = 1e3 * t.lap();
+  last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
   seconds_.replay += 1e-3 * (last_.capture_ms + last_.instantiate_ms + last_.launch_ms);
   return it->second->out;
 #else
+  throw std::logic_error("TttStepRunner: graphs need a CUDA build");
+#endif
+}
+
+void TttStepRunner::upload(const TttStepInputs& in, TttStepInputs& b) const {
+  b.inputs = to_device(in.inputs, device_);
+  b.targets = to_device(in.targets, device_);
+  b.adapter_rows = to_device(in.adapter_rows, device_);
+  b.train_weight = to_device(in.train_weight, device_);
+}
+
+void TttStepRunner::capture(const TttStepShape& sh, const TttStepInputs& in) {
+#if PGOLF_WITH_CUDA
+  // Nothing runs during a capture: the step is replayed after. One memory
+  // pool for all the graphs (the first one's): their replays never overlap
+  // (one stream) and each keeps its outputs alive.
+  LapTimer t;
+  auto g = std::make_unique<Graph>();
+  upload(in, g->in);
+  scored(sh.rows, sh.width);  // its host-to-device copies must not be captured
+  if (graph_.empty())
+    g->graph.capture_begin();
+  else
+    g->graph.capture_begin(graph_.begin()->second->graph.pool());
+  g->out = step(sh, g->in, /*timed=*/false);
+  t.lap();
+  g->graph.capture_end();  // and instantiation
+  last_.instantiate_ms += 1e3 * t.lap();
+  graph_.emplace(sh, std::move(g));
+  ++captures_;
+#else
+  (void)sh, (void)in;
   throw std::logic_error("TttStepRunner: graphs need a CUDA build");
 #endif
 }

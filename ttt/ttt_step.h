@@ -70,19 +70,20 @@ class TttStepRunner {
   // One step of this shape will come (before the first run).
   void expect(const TttStepShape& shape) { ++expected_[shape]; }
   // Whether run(shape) would capture a graph now (unless the graphs hold
-  // too much memory): a new shape that comes again.
+  // too much memory): a new shape that comes again. Such a run captures
+  // every shape for which this holds, the largest first, then replays its own.
   bool would_capture(const TttStepShape& shape) const;
-  // Captures still to come if every expected shape that repeats gets one
-  // (0 without graphs or once they hold too much memory).
-  int captures_ahead() const;
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
 
   // How the last run() ran its step -- run: 'e' eagerly, 'c' captured (then
-  // replayed), 'r' replayed -- and its host milliseconds in the capture, the
-  // graph's instantiation and the launch with its input refill (0 where none).
+  // replayed), 'r' replayed -- and its host milliseconds in the captures
+  // (every graph captured with it; instantiations included), their
+  // instantiations alone, and the launch with its input refill (0 where none);
+  // reserved_mib: the device memory the caching allocator held right after
+  // (graphs' pool included; 0 on the CPU).
   struct LastRunTimes {
     char run = 0;
-    double capture_ms = 0, instantiate_ms = 0, launch_ms = 0;
+    double capture_ms = 0, instantiate_ms = 0, launch_ms = 0, reserved_mib = 0;
   };
   const LastRunTimes& last_run() const { return last_; }
   int64_t replays() const { return replays_; }
@@ -94,6 +95,8 @@ class TttStepRunner {
   struct Graph;
   const Scored& scored(int64_t rows, int64_t width);
   TttStepScores step(const TttStepShape& shape, const TttStepInputs& b, bool timed);  // b on the device
+  void upload(const TttStepInputs& in, TttStepInputs& b) const;                      // to the device
+  void capture(const TttStepShape& shape, const TttStepInputs& in);                  // a graph of its step
 
   const GptWeights& w_;
   const CastWeights& cast_;
