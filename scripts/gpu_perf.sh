@@ -51,8 +51,9 @@ for s in ${TTT_SEEDS:-}; do  # TTT_SEEDS="1 2": more seeds (the noise floor of t
 done
 if [ "${VARLEN_DOCS:-0}" -gt 0 ]; then  # varlen-0410's speed on a frontier-shaped model (random weights)
   "$P" init --preset frontier --set vocab_size=8192 --out /tmp/frontier.h5 >/dev/null
-  # VARLEN_BASE=1: with the scores without TTT (the comparison) too
+  # VARLEN_BASE=1: with the scores without TTT (the comparison) too; VARLEN_CHUNK=C: another chunk
   NB=--no-base; [ "${VARLEN_BASE:-0}" = 1 ] && NB=
+  [ -n "${VARLEN_CHUNK:-}" ] && NB="$NB --chunk $VARLEN_CHUNK"
   timeout "${VARLEN_TIMEOUT:-150}" "$P" ttt --model /tmp/frontier.h5 --val "$VAL" --tokenizer "$TOK" --recipe varlen-0410 $NB \
     --max-docs "$VARLEN_DOCS" --json --quiet --timeline "$O/ttt_varlen_timeline.tsv" >"$O/ttt_varlen.json" \
     2>"$O/ttt_varlen.log" || tail -5 "$O/ttt_varlen.log"

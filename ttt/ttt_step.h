@@ -11,12 +11,14 @@
 // device buffers, and TTT runs few shapes many times: from a shape's second
 // step on, the whole step -- ~700-800 kernels forward, backward and Adam --
 // is replayed from a CUDA graph, one launch instead of milliseconds of host
-// work per step. The caller announces the plan's shapes first (expect): a
-// shape that comes more than once is captured the first time it comes, one
-// that comes once runs eagerly, and so does the run's first step (it sets up
-// what a capture must not: cuBLAS handles and workspaces on the stream and
-// the autograd thread, kernel attributes). Graphs keep their memory: once
-// they hold half of the device, new shapes run eagerly too.
+// work per step. The caller announces the plan's shapes first (expect): the
+// shapes that come more than once are all captured when the first of them
+// comes, the largest first (they share one memory pool, which the largest
+// sizes for all), one that comes once runs eagerly, and so does the run's
+// first step (it sets up what a capture must not: cuBLAS handles and
+// workspaces on the stream and the autograd thread, kernel attributes).
+// Graphs keep their memory: once they hold half of the device, or past 64
+// graphs, the remaining shapes run eagerly.
 #pragma once
 #include <ATen/core/Tensor.h>
 
