@@ -370,15 +370,15 @@ bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& 
 }
 
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& factors,
-                 const AdamScalars& s, const at::Tensor& mirror) {
+                 const AdamConfig& c, const at::Tensor& mirror) {
 #if PGOLF_WITH_CUDA
   if (!adam_available(p, g, mirror) || !m.is_contiguous() || !v.is_contiguous() || m.numel() != p.numel() ||
       v.numel() != p.numel() || factors.scalar_type() != at::kFloat || factors.numel() != 2)
     throw std::invalid_argument("fused::adam_update: unsupported tensors");
-  cuda::adam_update(p, g, m, v, factors.contiguous(), s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.decoupled,
+  cuda::adam_update(p, g, m, v, factors.contiguous(), c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled,
                     mirror);
 #else
-  (void)p, (void)g, (void)m, (void)v, (void)factors, (void)s, (void)mirror;
+  (void)p, (void)g, (void)m, (void)v, (void)factors, (void)c, (void)mirror;
   throw std::logic_error("fused::adam_update: not a CUDA build");
 #endif
 }

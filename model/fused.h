@@ -24,6 +24,16 @@
 #include <initializer_list>
 #include <utility>
 
+namespace pgolf {
+
+// Adam / AdamW hyper-parameters (ttt/adam.h's FlatAdam; fused::adam_update).
+struct AdamConfig {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  bool decoupled = false;  // AdamW
+};
+
+}  // namespace pgolf
+
 namespace pgolf::fused {
 
 // True when the CUDA kernels apply to these inputs: a CUDA build, the first a
@@ -95,12 +105,8 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 // the new p. One pass over the memory where the ATen ops make about 24.
 // adam_available: a CUDA build, no ReferenceOnly in scope, and tensors of
 // those types, contiguous, of one size on one device.
-struct AdamScalars {
-  double lr, beta1, beta2, eps, weight_decay;
-  bool decoupled;
-};
 bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror);
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& factors,
-                 const AdamScalars& s, const at::Tensor& mirror);
+                 const AdamConfig& c, const at::Tensor& mirror);
 
 }  // namespace pgolf::fused

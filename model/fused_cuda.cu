@@ -16,7 +16,6 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
-#include <type_traits>
 
 #include "model/fused_cuda.h"
 
@@ -818,6 +817,15 @@ __global__ void adam_kernel(float* __restrict__ p, const G* __restrict__ g, floa
   }
 }
 
+template <typename G, typename M>
+void launch_adam(bool vec, int grid, cudaStream_t stream, float* p, const G* g, float* m, float* v, M* mirror,
+                 const float* f, int64_t n, const AdamArgs& a) {
+  if (vec)
+    adam_kernel<G, M, true><<<grid, 256, 0, stream>>>(p, g, m, v, mirror, f, n, a);
+  else
+    adam_kernel<G, M, false><<<grid, 256, 0, stream>>>(p, g, m, v, mirror, f, n, a);
+}
+
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
 // The vector path's condition: rows of whole 8-column chunks, every pointer
@@ -1128,26 +1136,20 @@ void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, 
   float* mp = m.data_ptr<float>();
   float* vp = v.data_ptr<float>();
   const float* fp = factors.data_ptr<float>();
-  auto launch = [&](auto* gp, auto* op) {
-    if (vec)
-      adam_kernel<std::remove_const_t<std::remove_pointer_t<decltype(gp)>>, std::remove_pointer_t<decltype(op)>, true>
-          <<<grid, 256, 0, stream>>>(pp, gp, mp, vp, op, fp, n, a);
+  // The kernel for the gradient's and the mirror's types (a null bf16 mirror when there is none).
+  auto launch = [&](auto* out) {
+    if (g.scalar_type() == at::kBFloat16)
+      launch_adam(vec, grid, stream, pp, bp(g), mp, vp, out, fp, n, a);
     else
-      adam_kernel<std::remove_const_t<std::remove_pointer_t<decltype(gp)>>, std::remove_pointer_t<decltype(op)>, false>
-          <<<grid, 256, 0, stream>>>(pp, gp, mp, vp, op, fp, n, a);
+      launch_adam(vec, grid, stream, pp, g.data_ptr<float>(), mp, vp, out, fp, n, a);
   };
-  const bool g16 = g.scalar_type() == at::kBFloat16;
   at::Tensor mo = mirror;
-  if (!mirror.defined()) {
-    if (g16) launch(bp(g), static_cast<bf16*>(nullptr));
-    else launch(g.data_ptr<float>(), static_cast<bf16*>(nullptr));
-  } else if (mirror.scalar_type() == at::kBFloat16) {
-    if (g16) launch(bp(g), bp_out(mo));
-    else launch(g.data_ptr<float>(), bp_out(mo));
-  } else {
-    if (g16) launch(bp(g), mo.data_ptr<float>());
-    else launch(g.data_ptr<float>(), mo.data_ptr<float>());
-  }
+  if (!mo.defined())
+    launch(static_cast<bf16*>(nullptr));
+  else if (mo.scalar_type() == at::kBFloat16)
+    launch(bp_out(mo));
+  else
+    launch(mo.data_ptr<float>());
   check_launch();
 }
 

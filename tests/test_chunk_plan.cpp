@@ -237,15 +237,20 @@ TEST(StepShapes, OnceOnlyShapeRunsAsTheSmallestRepeatingOneThatHoldsIt) {
   EXPECT_EQ(ttt_step_rows(s2, 4), (std::vector<int64_t>{0, 1, 2, 3}));
 }
 
+// One-rank plans of the shared validation stream in both flavours, with the
+// recipes' chunk and context: lora-0317 (C 256, L 1024), varlen-0410 (C 64, L 2048).
+std::vector<TttPlan> shared_validation_plans() {
+  TokenStream ts({test::kValShard});
+  const Tokens tok = ts.slice(0, ts.size());
+  return {make_ttt_plan(tok.data(), tok.size(), B, 256, 1024, 64, 0, 1, TttSchedule::lora_ttt_0317()),
+          make_ttt_plan(tok.data(), tok.size(), B, 64, 2048, 64, 0, 1, TttSchedule::varlen_0410())};
+}
+
 // On the shared validation stream, both flavours: every step forwards its
 // active rows within its shape, and no shape that comes once has a
 // repeating one that could hold it.
 TEST(StepShapes, SharedValidationPlansKeepEveryActiveRow) {
-  TokenStream ts({test::kValShard});
-  const Tokens tok = ts.slice(0, ts.size());
-  for (const auto& [C, L, sched] : {std::tuple{256u, 1024u, TttSchedule::lora_ttt_0317()},
-                                    std::tuple{64u, 2048u, TttSchedule::varlen_0410()}}) {
-    const TttPlan p = make_ttt_plan(tok.data(), tok.size(), B, C, L, 64, 0, 1, sched);
+  for (const TttPlan& p : shared_validation_plans()) {
     const int64_t R = ttt_batch_rows(p);
     const auto shapes = ttt_step_shapes(p);
     ASSERT_EQ(shapes.size(), p.batches.size());
@@ -275,10 +280,10 @@ TEST(StepShapes, SharedValidationPlansKeepEveryActiveRow) {
       if (n > 1) continue;
       for (const auto& [c, m] : count)
         EXPECT_FALSE(m > 1 && c.width == sh.width && c.rows > sh.rows && c.update >= sh.update)
-            << "C " << C << ": a once-only shape of " << sh.rows << " rows could run as one of " << c.rows;
+            << "C " << p.chunk << ": a once-only shape of " << sh.rows << " rows could run as one of " << c.rows;
     }
-    std::printf("C %u, L %u: %zu batches of %lld rows, %zu device shapes\n", C, L, p.batches.size(), (long long)R,
-                count.size());
+    std::printf("C %u, L %u: %zu batches of %lld rows, %zu device shapes\n", p.chunk, p.context, p.batches.size(),
+                (long long)R, count.size());
   }
 }
 
@@ -353,16 +358,12 @@ TEST(ChunkPlan, BaseWindowsByHand) {
 }
 
 TEST(ChunkPlan, BaseWindowsOnTheSharedValidationSet) {
-  TokenStream ts({test::kValShard});
-  const Tokens tok = ts.slice(0, ts.size());
-  for (const auto& [C, L, sched] : {std::tuple{256u, 1024u, TttSchedule::lora_ttt_0317()},
-                                    std::tuple{64u, 2048u, TttSchedule::varlen_0410()}}) {
-    const TttPlan p = make_ttt_plan(tok.data(), tok.size(), B, C, L, 64, 0, 1, sched);
+  for (const TttPlan& p : shared_validation_plans()) {
     uint64_t positions = 0, step_positions = 0;
     expect_base_windows_cover_later_chunks(p, &positions);
     for (const TttBatch& b : p.batches)
       for (uint32_t s = 1; s < b.num_steps; ++s) step_positions += b.docs.size() * step_at(p, b, s).width;
-    std::printf("C %u, L %u: base windows forward %llu positions, the steps after the first %llu\n", C, L,
+    std::printf("C %u, L %u: base windows forward %llu positions, the steps after the first %llu\n", p.chunk, p.context,
                 (unsigned long long)positions, (unsigned long long)step_positions);
     EXPECT_LT(positions, step_positions);
   }

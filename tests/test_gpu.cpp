@@ -477,7 +477,9 @@ TEST_F(Cuda, FusedAdamMatchesItsOpsAndFloat64) {
               adam.prepare();
               adam.apply(p, dev.is_cuda() ? gt.to(dev, g16 ? at::kBFloat16 : at::kFloat) : gt, mirror);
             }
-            if (mirror.defined()) EXPECT_TRUE(at::equal(mirror, p.to(at::kBFloat16)));
+            if (mirror.defined()) {
+              EXPECT_TRUE(at::equal(mirror, p.to(at::kBFloat16)));
+            }
             return p.cpu().to(at::kDouble);
           };
           const at::Tensor ref = run(false, at::kCPU), fused_p = run(true, at::kCUDA), ops = run(false, at::kCUDA);

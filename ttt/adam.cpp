@@ -5,7 +5,6 @@
 #include <cmath>
 
 #include "data/error.h"
-#include "model/fused.h"
 #include "model/pch.h"
 
 namespace pgolf {
@@ -39,8 +38,7 @@ void FlatAdam::prepare() {
 void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad, const at::Tensor& mirror) {
   c10::NoGradGuard no_grad;
   if (fused::adam_available(p, grad, mirror)) {
-    fused::adam_update(p, grad, m_, v_, factors_, {c_.lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay, c_.decoupled},
-                       mirror);
+    fused::adam_update(p, grad, m_, v_, factors_, c_, mirror);
     return;
   }
   at::Tensor g = grad.to(p.scalar_type());

@@ -13,12 +13,9 @@
 
 #include <cstdint>
 
-namespace pgolf {
+#include "model/fused.h"  // AdamConfig (its fused update takes it too)
 
-struct AdamConfig {
-  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
-  bool decoupled = false;  // AdamW
-};
+namespace pgolf {
 
 class FlatAdam {
  public:

@@ -32,7 +32,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-
 // One step's inputs: inputs / targets [rows, width] int64, right-padded with
 // token 0 as the reference pads (finished rows all 0); 1 for each row with a
 // next chunk (trained on), else 0.
@@ -488,6 +487,8 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       pending.push_back(Pending{st, rows, HostCopy(sc.nll)});
       ++r.steps;
       r.updates += st.update ? o.grad_steps : 0;
+      r.tokens_in += rows.size() * st.width;
+      t.lap();  // the step's own parts are in runner.seconds()
       if (spread_base) {
         // The base forwards (on a stream of their own) go out evenly over the
         // steps, while the host would wait on a full queue of graph launches;
@@ -495,13 +496,10 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
         // issued in a lump (before the captures) they left the device idle.
         // Without graphs the host is the bottleneck: they go after the last step.
         const uint64_t due = (base_total * r.steps + total_steps - 1) / total_steps;
-        t.lap();  // the step's own parts are in runner.seconds()
         while (base_total - base.planned() < due && base.issue_next()) {
         }
         r.host_base += t.lap();
       }
-      r.tokens_in += rows.size() * st.width;
-      t.lap();  // the step's own parts are in runner.seconds()
       read_back(16);
       base.read_back(8);
       r.host_read_back += t.lap();

@@ -26,16 +26,16 @@ namespace {
 constexpr size_t kMaxGraphs = 64;
 
 #if PGOLF_WITH_CUDA
-// Whether another graph may be captured: each keeps its step's peak memory
-// in the shared pool (shapes differ, so blocks are rarely reused), and a
-// plan of many shapes (varlen-0410 with a small chunk: dozens of widths)
-// would fill the device. Captures stop once half of it is held after the
-// allocator's free cached blocks are released; later new shapes run eagerly.
 // Bytes the caching allocator holds on the device, in all pools ([0]: the aggregate).
 size_t reserved_bytes(const at::Device& device) {
   return size_t(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current);
 }
 
+// Whether another graph may be captured: each adds to the shared pool what
+// the blocks of the graphs before it cannot hold (little, captured largest
+// first, but not nothing), and a plan of many shapes (varlen-0410 with a
+// small chunk: dozens of widths) could fill the device. Captures stop once half of it is held after the
+// allocator's free cached blocks are released; later new shapes run eagerly.
 bool room_for_a_graph(const at::Device& device) {
   const size_t half = at::cuda::getDeviceProperties(device.index())->totalGlobalMem / 2;
   if (reserved_bytes(device) < half) return true;
@@ -148,18 +148,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it
   last_ = LastRunTimes{};
   auto it = graph_.find(sh);
-  if (it == graph_.end() && !would_capture(sh)) {
-    TttStepInputs b;
-    upload(in, b);
-    warm_ = true;
-    warm_update_ |= sh.update;
-    last_.run = 'e';
-    TttStepScores out = step(sh, b, /*timed=*/true);
-#if PGOLF_WITH_CUDA
-    if (device_.is_cuda()) last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
-#endif
-    return out;
-  }
+  if (it == graph_.end() && !would_capture(sh)) return run_eagerly(sh, in);
 #if PGOLF_WITH_CUDA
   LapTimer t;
   if (it == graph_.end()) {
@@ -193,14 +182,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     }
     last_.capture_ms = 1e3 * t.lap();
     it = graph_.find(sh);
-    if (it == graph_.end()) {  // no room left for this one: run it eagerly
-      TttStepInputs b;
-      upload(in, b);
-      last_.run = 'e';
-      TttStepScores out = step(sh, b, /*timed=*/true);
-      last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
-      return out;
-    }
+    if (it == graph_.end()) return run_eagerly(sh, in);  // no room was left for it
     last_.run = 'c';
   } else {
     last_.run = 'r';
@@ -213,11 +195,24 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
   ++replays_;
   last_.launch_ms = 1e3 * t.lap();
   last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
-  seconds_.replay += 1e-3 * (last_.capture_ms + last_.instantiate_ms + last_.launch_ms);
+  seconds_.replay += 1e-3 * (last_.capture_ms + last_.launch_ms);  // capture_ms includes the instantiations
   return it->second->out;
 #else
   throw std::logic_error("TttStepRunner: graphs need a CUDA build");
 #endif
+}
+
+TttStepScores TttStepRunner::run_eagerly(const TttStepShape& sh, const TttStepInputs& in) {
+  TttStepInputs b;
+  upload(in, b);
+  warm_ = true;
+  warm_update_ |= sh.update;
+  last_.run = 'e';
+  TttStepScores out = step(sh, b, /*timed=*/true);
+#if PGOLF_WITH_CUDA
+  if (device_.is_cuda()) last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
+#endif
+  return out;
 }
 
 void TttStepRunner::upload(const TttStepInputs& in, TttStepInputs& b) const {

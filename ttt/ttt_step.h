@@ -97,6 +97,7 @@ class TttStepRunner {
   struct Graph;
   const Scored& scored(int64_t rows, int64_t width);
   TttStepScores step(const TttStepShape& shape, const TttStepInputs& b, bool timed);  // b on the device
+  TttStepScores run_eagerly(const TttStepShape& shape, const TttStepInputs& in);    // no graph
   void upload(const TttStepInputs& in, TttStepInputs& b) const;                      // to the device
   void capture(const TttStepShape& shape, const TttStepInputs& in);                  // a graph of its step
 
