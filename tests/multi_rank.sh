@@ -176,7 +176,7 @@ for recipe in lora-0317 varlen-0410; do
   if [ "$recipe" = lora-0317 ]; then  # --timeline: a header and one line per step (rank 0's)
     lines=$(wc -l <"$T/ttt_timeline1.tsv")
     [ "$lines" = $(($(json "$one" steps) + 1)) ] || fail "ttt --timeline: $lines lines for $(json "$one" steps) steps"
-    [ "$(head -1 "$T/ttt_timeline1.tsv" | cut -f9)" = device_end_ms ] || fail "ttt --timeline: bad header"
+    [ "$(head -1 "$T/ttt_timeline1.tsv" | cut -f10)" = device_end_ms ] || fail "ttt --timeline: bad header"
   fi
   echo "ttt $recipe: bpb $(json "$one" bpb) ± $(json "$one" bpb_stderr), identical on 2 ranks" \
     "($(json "$one" docs) documents in $(json "$one" batches) batches; 2 ranks: $SECONDS2 s)"

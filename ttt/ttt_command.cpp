@@ -199,13 +199,13 @@ void write_ttt_dump(const TttArgs& a, const TttOptions& o, const TttResult& r,
 // One line per step (rank 0's): milliseconds from the step loop's start.
 void write_timeline(const std::string& path, const std::vector<TttStepTime>& steps) {
   std::string out =
-      "batch\tstep\trows\twidth\tupdate\trun\thost_begin_ms\thost_end_ms\tdevice_end_ms\tcapture_ms\t"
-      "instantiate_ms\tlaunch_ms\treserved_mib\n";
+      "batch\tstep\trows\twidth\tupdate\trun\tgraphs_captured\thost_begin_ms\thost_end_ms\tdevice_end_ms\t"
+      "capture_ms\tinstantiate_ms\tlaunch_ms\treserved_mib\n";
   char line[320];
   for (const TttStepTime& s : steps) {
-    std::snprintf(line, sizeof line, "%u\t%u\t%lld\t%lld\t%d\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\n", s.batch,
-                  s.step, static_cast<long long>(s.rows), static_cast<long long>(s.width), int(s.update),
-                  s.run == 'e' ? "eager" : s.run == 'c' ? "capture" : "replay", s.host_begin, s.host_end, s.device_end,
+    std::snprintf(line, sizeof line, "%u\t%u\t%lld\t%lld\t%d\t%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\n",
+                  s.batch, s.step, static_cast<long long>(s.rows), static_cast<long long>(s.width), int(s.update),
+                  s.run == 'e' ? "eager" : s.run == 'c' ? "capture" : "replay", s.captures, s.host_begin, s.host_end, s.device_end,
                   s.capture, s.instantiate, s.launch, s.reserved_mib);
     out += line;
   }

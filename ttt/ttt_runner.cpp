@@ -447,7 +447,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     const int64_t first = std::max<int64_t>(sh.first_row, 0);
     const TttStepInputs dummy{at::zeros({sh.rows, sh.width}, at::kLong), at::zeros({sh.rows, sh.width}, at::kLong),
                               at::arange(first, first + sh.rows, at::kLong), at::zeros({sh.rows}, param_type)};
-    HostCopy(runner.run(sh, dummy).nll).wait();  // its work done before the timed steps
+    HostCopy(runner.warm_up(sh, dummy).nll).wait();  // its work done before the timed steps
     r.warmup_seconds = w.lap();
   }
   std::optional<DeviceClock> clock;  // first: it waits for the device, then both clocks start
@@ -476,11 +476,12 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
       const TttStepInputs in = step_inputs(tokens, st, rows, param_type);
       r.host_prepare += t.lap();
       const TttStepScores sc = runner.run(shape, in);
+      if (o.timeline) clock->mark();
+      runner.capture_ahead();
       if (o.timeline) {
-        clock->mark();
         const TttStepRunner::LastRunTimes& lr = runner.last_run();
-        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, lr.run, issue, host_ms(), 0.0,
-                              lr.capture_ms, lr.instantiate_ms, lr.launch_ms, lr.reserved_mib});
+        r.timeline.push_back({batch.index, s, shape.rows, shape.width, shape.update, lr.run, lr.captures, issue,
+                              host_ms(), 0.0, lr.capture_ms, lr.instantiate_ms, lr.launch_ms, lr.reserved_mib});
       }
       // Score first: these values are final before the adapters move (the
       // update ran after them on the GPU's stream); read back later.

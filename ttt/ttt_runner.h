@@ -85,6 +85,7 @@ struct TttStepTime {
   int64_t rows = 0, width = 0;
   bool update = false;
   char run = 0;  // TttStepRunner::last_run(): 'e' eager, 'c' capture, 'r' replay
+  int captures = 0;  // graphs captured in it: its own and those captured ahead after its launch
   double host_begin = 0, host_end = 0, device_end = 0;
   double capture = 0, instantiate = 0, launch = 0;  // host ms in each (TttStepRunner::last_run())
   double reserved_mib = 0;  // device memory the allocator held after it (TttStepRunner::last_run())

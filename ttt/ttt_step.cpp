@@ -3,6 +3,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <deque>
 #include <stdexcept>
 #include <utility>
 
@@ -13,6 +14,7 @@
 
 #if PGOLF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
@@ -21,9 +23,12 @@ namespace pgolf {
 
 namespace {
 
-// Graphs kept at most (each new shape past this runs eagerly): their memory
-// comes from one pool, so this bounds launches kept, not memory.
-constexpr size_t kMaxGraphs = 64;
+// Graphs kept at most (the less frequent shapes past this run eagerly):
+// their memory comes from one pool, so this bounds launches kept, not memory.
+constexpr size_t kMaxGraphs = 128;
+// Steps the device must still have queued before the one just issued for a
+// graph to be captured ahead of its first step (a step takes it ~3-300 ms).
+constexpr size_t kAheadDepth = 3;
 
 #if PGOLF_WITH_CUDA
 // Bytes the caching allocator holds on the device, in all pools ([0]: the aggregate).
@@ -32,10 +37,11 @@ size_t reserved_bytes(const at::Device& device) {
 }
 
 // Whether another graph may be captured: each adds to the shared pool what
-// the blocks of the graphs before it cannot hold (little, captured largest
-// first, but not nothing), and a plan of many shapes (varlen-0410 with a
-// small chunk: dozens of widths) could fill the device. Captures stop once half of it is held after the
-// allocator's free cached blocks are released; later new shapes run eagerly.
+// the blocks of the graphs before it cannot hold (little, the largest
+// captured first, but not nothing), and a plan of many shapes (varlen-0410
+// with a small chunk: dozens of widths) could fill the device. Captures stop
+// once half of it is held after the allocator's free cached blocks are
+// released; the shapes not captured by then run eagerly.
 bool room_for_a_graph(const at::Device& device) {
   const size_t half = at::cuda::getDeviceProperties(device.index())->totalGlobalMem / 2;
   if (reserved_bytes(device) < half) return true;
@@ -57,8 +63,12 @@ struct TttStepRunner::Graph {
   TttStepInputs in;     // what the graph reads, on the device
   TttStepScores out;    // what it writes
 };
+struct TttStepRunner::Launched {
+  std::deque<at::cuda::CUDAEvent> events;  // one per issued step, oldest first
+};
 #else
 struct TttStepRunner::Graph {};
+struct TttStepRunner::Launched {};
 #endif
 
 TttStepRunner::TttStepRunner(const GptWeights& w, const CastWeights& cast, Precision precision, uint32_t chunk,
@@ -136,69 +146,130 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b
   return out;
 }
 
-bool TttStepRunner::would_capture(const TttStepShape& sh) const {
-  const bool warm = warm_ && (warm_update_ || !sh.update);
-  const auto e = expected_.find(sh);
-  return graphs_ && warm && !graph_.count(sh) && e != expected_.end() && e->second >= 2 &&
-         graph_.size() < kMaxGraphs && !full_;
+void TttStepRunner::expect(const TttStepShape& shape) {
+  if (chosen_) throw std::logic_error("TttStepRunner::expect after the first run");
+  ++expected_[shape];
+  sequence_.push_back(shape);
+}
+
+void TttStepRunner::choose_candidates() {
+  chosen_ = true;
+  if (!graphs_) return;
+  // The most frequent repeating shapes (ties: the larger first).
+  std::vector<std::pair<int, TttStepShape>> by_count;
+  for (const auto& [shape, count] : expected_)
+    if (count >= 2) by_count.emplace_back(count, shape);
+  const auto size = [](const TttStepShape& a) { return std::make_pair(a.rows * a.width, int(a.update)); };
+  std::stable_sort(by_count.begin(), by_count.end(), [&](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : size(a.second) > size(b.second);
+  });
+  if (by_count.size() > kMaxGraphs) by_count.resize(kMaxGraphs);
+  // Their device buffers and score masks now, while the device is idle: a
+  // host-to-device copy needs page-locked host memory, and allocating that
+  // waits for the device, so done later it would stall each capture ahead
+  // until the device had run everything queued.
+  for (const auto& [count, shape] : by_count) {
+    candidates_.insert(shape);
+    if (candidates_.size() == 1 || size(shape) > size(largest_)) largest_ = shape;
+    scored(shape.rows, shape.width);
+    const at::TensorOptions id = at::TensorOptions(at::kLong).device(device_);
+    const int64_t first = std::max<int64_t>(shape.first_row, 0);
+    buffers_[shape] = TttStepInputs{at::zeros({shape.rows, shape.width}, id), at::zeros({shape.rows, shape.width}, id),
+                                    at::arange(first, first + shape.rows, id),
+                                    at::zeros({shape.rows}, adapters_->params().options())};
+  }
+}
+
+bool TttStepRunner::may_capture(const TttStepShape& sh) {
+  if (!graphs_ || full_ || !candidates_.count(sh) || graph_.count(sh)) return false;
+  if (!warm_ || (sh.update && !warm_update_)) return false;  // what a capture must not set up
+#if PGOLF_WITH_CUDA
+  if (room_for_a_graph(device_)) return true;
+#endif
+  full_ = true;
+  return false;
+}
+
+bool TttStepRunner::capture_if_room(const TttStepShape& sh) {
+  if (!may_capture(sh)) return false;
+  capture(sh);
+  return true;
+}
+
+TttStepScores TttStepRunner::warm_up(const TttStepShape& sh, const TttStepInputs& in) {
+  if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::warm_up before bind");
+  if (sh.update) adam_->prepare();
+  last_ = LastRunTimes{};
+  return run_eagerly(sh, in);
 }
 
 TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
   if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::run before bind");
+  if (next_ >= sequence_.size() || !(sequence_[next_] == sh))
+    throw std::logic_error("TttStepRunner::run: not the shape announced next");
+  if (!chosen_) choose_candidates();
+  ++next_;
   if (sh.update) adam_->prepare();  // host side of the update: queued before the step reads it
   last_ = LastRunTimes{};
-  auto it = graph_.find(sh);
-  if (it == graph_.end() && !would_capture(sh)) return run_eagerly(sh, in);
+  TttStepScores out;
 #if PGOLF_WITH_CUDA
   LapTimer t;
-  if (it == graph_.end()) {
-    // Capture every shape that may be captured now, this one included, the
-    // largest first. The graphs share one memory pool, and a capture reuses
-    // the blocks its predecessors freed only where they are large enough:
-    // captured in the order the plan meets them (growing widths) each new
-    // graph added segments of its own, and varlen-0410's graphs filled half
-    // the device by width 1408 of 2048. Largest first, the first graph's
-    // blocks serve all the others.
-    std::vector<TttStepShape> todo;
-    for (const auto& [shape, count] : expected_)
-      if (would_capture(shape)) todo.push_back(shape);
-    std::stable_sort(todo.begin(), todo.end(), [](const TttStepShape& a, const TttStepShape& b) {
-      return std::make_pair(a.rows * a.width, int(a.update)) > std::make_pair(b.rows * b.width, int(b.update));
-    });
-    const at::ScalarType weight_type = adapters_->params().scalar_type();
-    for (const TttStepShape& shape : todo) {
-      if (graph_.size() >= kMaxGraphs || !room_for_a_graph(device_)) {
-        full_ = true;
-        break;
-      }
-      // Inputs: this step's own, or placeholders of the shape's sizes (a
-      // capture runs nothing; replays refill them).
-      const int64_t first = std::max<int64_t>(shape.first_row, 0);
-      capture(shape, shape == sh ? in
-                                 : TttStepInputs{at::zeros({shape.rows, shape.width}, at::kLong),
-                                                 at::zeros({shape.rows, shape.width}, at::kLong),
-                                                 at::arange(first, first + shape.rows, at::kLong),
-                                                 at::zeros({shape.rows}, weight_type)});
-    }
+  auto it = graph_.find(sh);
+  if (it == graph_.end() && may_capture(sh)) {
+    if (graph_.empty() && !(largest_ == sh)) capture_if_room(largest_);  // its blocks serve the others
+    capture_if_room(sh);
     last_.capture_ms = 1e3 * t.lap();
     it = graph_.find(sh);
-    if (it == graph_.end()) return run_eagerly(sh, in);  // no room was left for it
-    last_.run = 'c';
-  } else {
-    last_.run = 'r';
+    if (it != graph_.end()) last_.run = 'c';
   }
-  TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
-  for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
-                          {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})
-    dst->copy_(src->pin_memory(), /*non_blocking=*/true);
-  it->second->graph.replay();
-  ++replays_;
-  last_.launch_ms = 1e3 * t.lap();
-  last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
-  seconds_.replay += 1e-3 * (last_.capture_ms + last_.launch_ms);  // capture_ms includes the instantiations
-  return it->second->out;
+  if (it == graph_.end()) {
+    out = run_eagerly(sh, in);
+  } else {
+    if (last_.run != 'c') last_.run = 'r';
+    TttStepInputs& g = it->second->in;  // the graph reads these buffers: refill them in place
+    for (auto [dst, src] : {std::pair{&g.inputs, &in.inputs}, {&g.targets, &in.targets},
+                            {&g.adapter_rows, &in.adapter_rows}, {&g.train_weight, &in.train_weight}})
+      dst->copy_(src->pin_memory(), /*non_blocking=*/true);
+    it->second->graph.replay();
+    ++replays_;
+    last_.launch_ms = 1e3 * t.lap();
+    seconds_.replay += 1e-3 * (last_.capture_ms + last_.launch_ms);  // capture_ms includes the instantiations
+    out = it->second->out;
+  }
+  if (graphs_ && !full_ && graph_.size() < candidates_.size()) {  // the device's progress, for capture_ahead
+    if (!launched_) launched_ = std::make_unique<Launched>();
+    launched_->events.emplace_back();
+    launched_->events.back().record(at::cuda::getCurrentCUDAStream());
+  }
+  if (device_.is_cuda()) last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
+  return out;
 #else
-  throw std::logic_error("TttStepRunner: graphs need a CUDA build");
+  (void)in;
+  return run_eagerly(sh, in);
+#endif
+}
+
+void TttStepRunner::capture_ahead() {
+#if PGOLF_WITH_CUDA
+  if (!launched_) return;
+  // Whether the device is still busy with kAheadDepth steps before the last
+  // one issued: then a capture now (tens of milliseconds of host time; it
+  // runs nothing on the device) costs the device little or nothing.
+  std::deque<at::cuda::CUDAEvent>& ev = launched_->events;
+  while (!ev.empty() && ev.front().query()) ev.pop_front();
+  if (ev.size() <= kAheadDepth || full_) return;
+  LapTimer t;
+  for (ahead_ = std::max(ahead_, next_); ahead_ < sequence_.size(); ++ahead_) {
+    const TttStepShape& sh = sequence_[ahead_];
+    if (!candidates_.count(sh) || graph_.count(sh)) continue;
+    if (graph_.empty() && !(largest_ == sh)) capture_if_room(largest_);
+    if (capture_if_room(sh)) ++ahead_;
+    break;  // one capture per call: the device's queue is short
+  }
+  const double ms = 1e3 * t.lap();
+  last_.capture_ms += ms;
+  seconds_.replay += 1e-3 * ms;
+  if (last_.captures) last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
 #endif
 }
 
@@ -222,15 +293,15 @@ void TttStepRunner::upload(const TttStepInputs& in, TttStepInputs& b) const {
   b.train_weight = to_device(in.train_weight, device_);
 }
 
-void TttStepRunner::capture(const TttStepShape& sh, const TttStepInputs& in) {
+void TttStepRunner::capture(const TttStepShape& sh) {
 #if PGOLF_WITH_CUDA
-  // Nothing runs during a capture: the step is replayed after. One memory
-  // pool for all the graphs (the first one's): their replays never overlap
-  // (one stream) and each keeps its outputs alive.
+  // Nothing runs during a capture: the step is replayed after, from its
+  // buffers (buffers_, refilled before each replay). One memory pool for all
+  // the graphs (the first one's): their replays never overlap (one stream)
+  // and each keeps its outputs alive.
   LapTimer t;
   auto g = std::make_unique<Graph>();
-  upload(in, g->in);
-  scored(sh.rows, sh.width);  // its host-to-device copies must not be captured
+  g->in = buffers_.at(sh);
   if (graph_.empty())
     g->graph.capture_begin();
   else
@@ -241,8 +312,9 @@ void TttStepRunner::capture(const TttStepShape& sh, const TttStepInputs& in) {
   last_.instantiate_ms += 1e3 * t.lap();
   graph_.emplace(sh, std::move(g));
   ++captures_;
+  ++last_.captures;
 #else
-  (void)sh, (void)in;
+  (void)sh;
   throw std::logic_error("TttStepRunner: graphs need a CUDA build");
 #endif
 }

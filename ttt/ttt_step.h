@@ -8,23 +8,36 @@
 // targets lie (ttt/chunk_plan.h: width min((s+1) C, L), a chunk ends at the
 // row's end or, for a short last chunk, inside those columns); the caller
 // keeps the real ones. A step is then a function of its shape and a few
-// device buffers, and TTT runs few shapes many times: from a shape's second
-// step on, the whole step -- ~700-800 kernels forward, backward and Adam --
-// is replayed from a CUDA graph, one launch instead of milliseconds of host
-// work per step. The caller announces the plan's shapes first (expect): the
-// shapes that come more than once are all captured when the first of them
-// comes, the largest first (they share one memory pool, which the largest
-// sizes for all), one that comes once runs eagerly, and so does the run's
-// first step (it sets up what a capture must not: cuBLAS handles and
-// workspaces on the stream and the autograd thread, kernel attributes).
-// Graphs keep their memory: once they hold half of the device, or past 64
-// graphs, the remaining shapes run eagerly.
+// device buffers, and TTT runs few shapes many times: the whole step -- ~700-800
+// kernels forward, backward and Adam -- is replayed from a CUDA graph, one
+// launch instead of milliseconds of host work per step.
+//
+// Which shapes get graphs, and when. The caller announces every step's shape
+// in run order first (expect). The shapes that come more than once are
+// candidates, the most frequent first (run eagerly, a small step costs the
+// host ~10x its device time, a large one about its device time), up to 128
+// graphs and while the graphs hold less than half of the device; the others
+// run eagerly, and so does the warm-up step before the first run (warm_up: it
+// sets up what a capture must not -- cuBLAS handles and workspaces on the
+// stream and the autograd thread, kernel attributes). A capture costs the
+// host tens of milliseconds in which it issues nothing, so captures go where
+// the device has work queued to hide them: when the caller has issued a step
+// while the device still has more than a few earlier steps to run
+// (capture_ahead), the next candidate in run order is captured ahead of its
+// first step; a candidate whose first step comes before that is captured at
+// it. (Captures ahead still often wait for the device -- likely CUDA's lazy
+// module loading, when a capture meets a kernel not yet loaded.) All graphs
+// share one memory pool and the largest candidate is captured first, so that
+// its blocks serve the others: captured in the order the plan meets them
+// (growing widths), each new graph added segments of its own.
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
+#include <vector>
 
 #include "model/gpt.h"
 #include "ttt/step_shapes.h"
@@ -69,22 +82,29 @@ class TttStepRunner {
   // (drops the graphs, which hold their tensors). Resetting them in place
   // between batches keeps the graphs.
   void bind(BatchAdapters* adapters, FlatAdam* adam);
-  // One step of this shape will come (before the first run).
-  void expect(const TttStepShape& shape) { ++expected_[shape]; }
-  // Whether run(shape) would capture a graph now (unless the graphs hold
-  // too much memory): a new shape that comes again. Such a run captures
-  // every shape for which this holds, the largest first, then replays its own.
-  bool would_capture(const TttStepShape& shape) const;
+  // The next step announced will be of this shape: call once per step, in
+  // run order, before the first run().
+  void expect(const TttStepShape& shape);
+  // One step outside the announced ones, eagerly (its scores are returned
+  // like run()'s): the device warm-up before the first run().
+  TttStepScores warm_up(const TttStepShape& shape, const TttStepInputs& in);
+  // The next announced step; throws std::logic_error if its shape is not the
+  // one announced next.
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
+  // Host time to spare after a run(): captures the next candidate in run
+  // order if the device still has steps queued before the last one (counted
+  // in last_run()).
+  void capture_ahead();
 
   // How the last run() ran its step -- run: 'e' eagerly, 'c' captured (then
-  // replayed), 'r' replayed -- and its host milliseconds in the captures
-  // (every graph captured with it; instantiations included), their
-  // instantiations alone, and the launch with its input refill (0 where none);
-  // reserved_mib: the device memory the caching allocator held right after
-  // (graphs' pool included; 0 on the CPU).
+  // replayed), 'r' replayed --, the graphs it captured (its own and those
+  // captured ahead after its launch), their host milliseconds (instantiations
+  // included), their instantiations alone, and the launch with its input
+  // refill (0 where none); reserved_mib: the device memory the caching
+  // allocator held right after (graphs' pool included; 0 on the CPU).
   struct LastRunTimes {
     char run = 0;
+    int captures = 0;
     double capture_ms = 0, instantiate_ms = 0, launch_ms = 0, reserved_mib = 0;
   };
   const LastRunTimes& last_run() const { return last_; }
@@ -95,11 +115,15 @@ class TttStepRunner {
  private:
   struct Scored;  // a (rows, width)'s score mask and positions
   struct Graph;
+  struct Launched;  // device events of the steps issued and not yet known done
   const Scored& scored(int64_t rows, int64_t width);
   TttStepScores step(const TttStepShape& shape, const TttStepInputs& b, bool timed);  // b on the device
   TttStepScores run_eagerly(const TttStepShape& shape, const TttStepInputs& in);    // no graph
   void upload(const TttStepInputs& in, TttStepInputs& b) const;                      // to the device
-  void capture(const TttStepShape& shape, const TttStepInputs& in);                  // a graph of its step
+  void capture(const TttStepShape& shape);        // a graph of its step, reading buffers_[shape]
+  void choose_candidates();                       // candidates_, largest_, buffers_ from the announced shapes
+  bool may_capture(const TttStepShape& shape);    // a candidate without a graph, and room for one
+  bool capture_if_room(const TttStepShape& shape);  // capture it if may_capture
 
   const GptWeights& w_;
   const CastWeights& cast_;
@@ -110,10 +134,18 @@ class TttStepRunner {
   BatchAdapters* adapters_ = nullptr;
   FlatAdam* adam_ = nullptr;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Scored>> scored_;
-  std::map<TttStepShape, int> expected_;
+  std::map<TttStepShape, int> expected_;   // steps announced per shape
+  std::vector<TttStepShape> sequence_;     // every announced step's shape, in run order
+  size_t next_ = 0;                        // sequence_ index of the next run()
+  size_t ahead_ = 0;                       // no candidate without a graph in sequence_ [next_, ahead_)
+  bool chosen_ = false;                    // candidates_ chosen (at the first run())
+  std::set<TttStepShape> candidates_;      // shapes that may get a graph
+  TttStepShape largest_;                   // the candidate with the most rows x width, captured first
+  std::map<TttStepShape, TttStepInputs> buffers_;  // each candidate's device inputs (its graph reads them)
   bool warm_ = false, warm_update_ = false;  // an eager step, an eager step with an update have run
   bool full_ = false;                          // no more captures: the graphs hold half the device
   std::map<TttStepShape, std::unique_ptr<Graph>> graph_;
+  std::unique_ptr<Launched> launched_;
   int64_t replays_ = 0, captures_ = 0;
   LastRunTimes last_;
   TttStepSeconds seconds_;
