@@ -165,9 +165,8 @@ void TttStepRunner::choose_candidates() {
   });
   if (by_count.size() > kMaxGraphs) by_count.resize(kMaxGraphs);
   // Their device buffers and score masks now, while the device is idle: a
-  // host-to-device copy needs page-locked host memory, and allocating that
-  // waits for the device, so done later it would stall each capture ahead
-  // until the device had run everything queued.
+  // host-to-device copy goes through page-locked host memory, whose
+  // allocation can wait for the device (a capture ahead would then wait).
   for (const auto& [count, shape] : by_count) {
     candidates_.insert(shape);
     if (candidates_.size() == 1 || size(shape) > size(largest_)) largest_ = shape;
