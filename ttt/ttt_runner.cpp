@@ -444,10 +444,7 @@ TttResult run_ttt(const GptWeights& w, const std::vector<uint16_t>& tokens, cons
     std::vector<uint64_t> keys(size_t(batch_rows), 0);
     adapters.reset(o.seed, keys);
     adam.reset(adapters.params());
-    const int64_t first = std::max<int64_t>(sh.first_row, 0);
-    const TttStepInputs dummy{at::zeros({sh.rows, sh.width}, at::kLong), at::zeros({sh.rows, sh.width}, at::kLong),
-                              at::arange(first, first + sh.rows, at::kLong), at::zeros({sh.rows}, param_type)};
-    HostCopy(runner.warm_up(sh, dummy).nll).wait();  // its work done before the timed steps
+    HostCopy(runner.warm_up(sh).nll).wait();  // its work done before the timed steps
     r.warmup_seconds = w.lap();
   }
   std::optional<DeviceClock> clock;  // first: it waits for the device, then both clocks start

@@ -168,38 +168,41 @@ void TttStepRunner::choose_candidates() {
   // host-to-device copy goes through page-locked host memory, whose
   // allocation can wait for the device (a capture ahead would then wait).
   for (const auto& [count, shape] : by_count) {
-    candidates_.insert(shape);
-    if (candidates_.size() == 1 || size(shape) > size(largest_)) largest_ = shape;
+    if (buffers_.empty() || size(shape) > size(largest_)) largest_ = shape;
     scored(shape.rows, shape.width);
-    const at::TensorOptions id = at::TensorOptions(at::kLong).device(device_);
-    const int64_t first = std::max<int64_t>(shape.first_row, 0);
-    buffers_[shape] = TttStepInputs{at::zeros({shape.rows, shape.width}, id), at::zeros({shape.rows, shape.width}, id),
-                                    at::arange(first, first + shape.rows, id),
-                                    at::zeros({shape.rows}, adapters_->params().options())};
+    buffers_[shape] = placeholder_inputs(shape, device_);
   }
 }
 
-bool TttStepRunner::may_capture(const TttStepShape& sh) {
-  if (!graphs_ || full_ || !candidates_.count(sh) || graph_.count(sh)) return false;
-  if (!warm_ || (sh.update && !warm_update_)) return false;  // what a capture must not set up
-#if PGOLF_WITH_CUDA
-  if (room_for_a_graph(device_)) return true;
-#endif
-  full_ = true;
-  return false;
+TttStepInputs TttStepRunner::placeholder_inputs(const TttStepShape& sh, const at::Device& device) const {
+  const at::TensorOptions id = at::TensorOptions(at::kLong).device(device);
+  const int64_t first = std::max<int64_t>(sh.first_row, 0);
+  return {at::zeros({sh.rows, sh.width}, id), at::zeros({sh.rows, sh.width}, id), at::arange(first, first + sh.rows, id),
+          at::zeros({sh.rows}, adapters_->params().options().device(device))};
 }
 
 bool TttStepRunner::capture_if_room(const TttStepShape& sh) {
-  if (!may_capture(sh)) return false;
+  auto may = [&](const TttStepShape& x) {
+    if (!graphs_ || full_ || !buffers_.count(x) || graph_.count(x)) return false;
+    if (!warm_ || (x.update && !warm_update_)) return false;  // what a capture must not set up
+#if PGOLF_WITH_CUDA
+    if (room_for_a_graph(device_)) return true;
+#endif
+    full_ = true;
+    return false;
+  };
+  if (!may(sh)) return false;
+  if (graph_.empty() && !(largest_ == sh) && may(largest_)) capture(largest_);  // its blocks serve the others
+  if (!may(sh)) return false;  // the largest may have used the room
   capture(sh);
   return true;
 }
 
-TttStepScores TttStepRunner::warm_up(const TttStepShape& sh, const TttStepInputs& in) {
+TttStepScores TttStepRunner::warm_up(const TttStepShape& sh) {
   if (!adapters_ || !adam_) throw std::logic_error("TttStepRunner::warm_up before bind");
   if (sh.update) adam_->prepare();
   last_ = LastRunTimes{};
-  return run_eagerly(sh, in);
+  return run_eagerly(sh, placeholder_inputs(sh, at::kCPU));  // uploaded as a step's inputs are
 }
 
 TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in) {
@@ -214,12 +217,10 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
 #if PGOLF_WITH_CUDA
   LapTimer t;
   auto it = graph_.find(sh);
-  if (it == graph_.end() && may_capture(sh)) {
-    if (graph_.empty() && !(largest_ == sh)) capture_if_room(largest_);  // its blocks serve the others
-    capture_if_room(sh);
-    last_.capture_ms = 1e3 * t.lap();
-    it = graph_.find(sh);
-    if (it != graph_.end()) last_.run = 'c';
+  if (it == graph_.end()) {
+    const bool captured = capture_if_room(sh);
+    if (last_.captures) last_.capture_ms = 1e3 * t.lap();
+    if (captured) it = graph_.find(sh), last_.run = 'c';
   }
   if (it == graph_.end()) {
     out = run_eagerly(sh, in);
@@ -235,7 +236,7 @@ TttStepScores TttStepRunner::run(const TttStepShape& sh, const TttStepInputs& in
     seconds_.replay += 1e-3 * (last_.capture_ms + last_.launch_ms);  // capture_ms includes the instantiations
     out = it->second->out;
   }
-  if (graphs_ && !full_ && graph_.size() < candidates_.size()) {  // the device's progress, for capture_ahead
+  if (graphs_ && !full_ && graph_.size() < buffers_.size()) {  // the device's progress, for capture_ahead
     if (!launched_) launched_ = std::make_unique<Launched>();
     launched_->events.emplace_back();
     launched_->events.back().record(at::cuda::getCurrentCUDAStream());
@@ -260,8 +261,7 @@ void TttStepRunner::capture_ahead() {
   LapTimer t;
   for (ahead_ = std::max(ahead_, next_); ahead_ < sequence_.size(); ++ahead_) {
     const TttStepShape& sh = sequence_[ahead_];
-    if (!candidates_.count(sh) || graph_.count(sh)) continue;
-    if (graph_.empty() && !(largest_ == sh)) capture_if_room(largest_);
+    if (!buffers_.count(sh) || graph_.count(sh)) continue;
     if (capture_if_room(sh)) ++ahead_;
     break;  // one capture per call: the device's queue is short
   }
@@ -278,11 +278,7 @@ TttStepScores TttStepRunner::run_eagerly(const TttStepShape& sh, const TttStepIn
   warm_ = true;
   warm_update_ |= sh.update;
   last_.run = 'e';
-  TttStepScores out = step(sh, b, /*timed=*/true);
-#if PGOLF_WITH_CUDA
-  if (device_.is_cuda()) last_.reserved_mib = double(reserved_bytes(device_)) / double(1 << 20);
-#endif
-  return out;
+  return step(sh, b, /*timed=*/true);
 }
 
 void TttStepRunner::upload(const TttStepInputs& in, TttStepInputs& b) const {

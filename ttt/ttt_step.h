@@ -37,7 +37,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <vector>
 
 #include "model/gpt.h"
@@ -86,9 +85,10 @@ class TttStepRunner {
   // The next step announced will be of this shape: call once per step, in
   // run order, before the first run().
   void expect(const TttStepShape& shape);
-  // One step outside the announced ones, eagerly (its scores are returned
-  // like run()'s): the device warm-up before the first run().
-  TttStepScores warm_up(const TttStepShape& shape, const TttStepInputs& in);
+  // One step of this shape outside the announced ones, eagerly, on rows of
+  // token 0 that train nothing (its scores are returned like run()'s): the
+  // device warm-up before the first run().
+  TttStepScores warm_up(const TttStepShape& shape);
   // The next announced step; throws std::logic_error if its shape is not the
   // one announced next.
   TttStepScores run(const TttStepShape& shape, const TttStepInputs& in);
@@ -122,9 +122,12 @@ class TttStepRunner {
   TttStepScores run_eagerly(const TttStepShape& shape, const TttStepInputs& in);    // no graph
   void upload(const TttStepInputs& in, TttStepInputs& b) const;                      // to the device
   void capture(const TttStepShape& shape);        // a graph of its step, reading buffers_[shape]
-  void choose_candidates();                       // candidates_, largest_, buffers_ from the announced shapes
-  bool may_capture(const TttStepShape& shape);    // a candidate without a graph, and room for one
-  bool capture_if_room(const TttStepShape& shape);  // capture it if may_capture
+  void choose_candidates();  // buffers_, largest_ from the announced shapes
+  // Token-0 inputs of the shape's sizes that train nothing, on `device`.
+  TttStepInputs placeholder_inputs(const TttStepShape& shape, const at::Device& device) const;
+  // Captures the shape's graph (the largest candidate's first, when it is
+  // the first) if it is a candidate without one and the graphs have room.
+  bool capture_if_room(const TttStepShape& shape);
 
   const GptWeights& w_;
   const CastWeights& cast_;
@@ -139,10 +142,11 @@ class TttStepRunner {
   std::vector<TttStepShape> sequence_;     // every announced step's shape, in run order
   size_t next_ = 0;                        // sequence_ index of the next run()
   size_t ahead_ = 0;                       // no candidate without a graph in sequence_ [next_, ahead_)
-  bool chosen_ = false;                    // candidates_ chosen (at the first run())
-  std::set<TttStepShape> candidates_;      // shapes that may get a graph
+  bool chosen_ = false;                    // candidates chosen (at the first run())
+  // The candidates (the shapes that may get a graph) and their device inputs,
+  // which their graphs read.
+  std::map<TttStepShape, TttStepInputs> buffers_;
   TttStepShape largest_;                   // the candidate with the most rows x width, captured first
-  std::map<TttStepShape, TttStepInputs> buffers_;  // each candidate's device inputs (its graph reads them)
   bool warm_ = false, warm_update_ = false;  // an eager step, an eager step with an update have run
   bool full_ = false;                          // no more captures: the graphs hold half the device
   std::map<TttStepShape, std::unique_ptr<Graph>> graph_;
