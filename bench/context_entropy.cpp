@@ -10,7 +10,9 @@
 //   - a Gaussian bound: every column's mean and variance known for free;
 //   - honest adaptive coders (no side information, learning cost included):
 //     multi-symbol counts, and a binarized coder (zero flag, sign, unary
-//     magnitude) with adaptive bit probabilities under causal contexts.
+//     magnitude) with adaptive bit probabilities under causal contexts;
+//   - the "context" coding the artifact uses (quant/context_coder.h), its
+//     actual bytes.
 // Built on demand (not by default):
 //   cmake --build build --target pgolf_context_entropy
 //   build/pgolf_context_entropy model.pgz [--per-tensor]
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "quant/artifact.h"
+#include "quant/context_coder.h"
 #include "quant/rans.h"
 
 using pgolf::quant::Artifact;
@@ -189,7 +192,7 @@ int main(int argc, char** argv) {
       "H0",           "rANS (actual)",       "oracle col16+side", "oracle row8+side", "row scale b8",
       "left |v|",     "above |v|",           "run col |v|",       "run row |v|",      "run col x row",
       "oracle mean+col8", "Gauss col bnd", "adapt none",         "adapt run col",     "bin none",         "bin col spread",
-      "bin +offset",  "bin +offset slow"};
+      "bin +offset",  "bin +offset slow", "context (actual)"};
   std::map<std::string, std::vector<double>> by_class;
   std::vector<double> all(cols.size(), 0);
   for (const ArtifactTensor& x : a.tensors) {
@@ -252,6 +255,7 @@ int main(int argc, char** argv) {
     res.push_back(h_binary(t, 1, 256));
     res.push_back(h_binary(t, 2, 256));
     res.push_back(h_binary(t, 2, 1024));
+    res.push_back(8.0 * pgolf::quant::context_encode(x.values, static_cast<uint64_t>(t.R), t.bits, x.scales).size());
     const std::string cls = t.name.find("tok_emb") != std::string::npos ? "embed"
                             : t.name.find("attn") != std::string::npos  ? "attn"
                             : t.name.find("mlp.fc") != std::string::npos ? "mlp.fc"

@@ -17,6 +17,7 @@
 #include "quant/artifact_format.h"
 #include "quant/bitpack.h"
 #include "quant/codec.h"
+#include "quant/context_coder.h"
 #include "quant/rans.h"
 
 namespace pgolf::quant {
@@ -116,23 +117,26 @@ void parallel_for(size_t n, F f) {
     if (e) std::rethrow_exception(e);
 }
 
-const char* const kValueCodings[] = {"entropy", "packed+brotli", "packed+zstd"};
+constexpr int kCodings = 4;
+const char* const kValueCodings[kCodings] = {"entropy", "packed+brotli", "packed+zstd", "context"};
 
-std::string code_values_as(const std::vector<int8_t>& v, int bits, int which) {
-  if (which == 0) return rans_encode(v);
-  return compress(bitpack(v, bits), which == 1 ? Codec::Brotli : Codec::Zstd);
+std::string code_values_as(const ArtifactTensor& t, int which) {
+  if (which == 0) return rans_encode(t.values);
+  if (which == 3) return context_encode(t.values, static_cast<uint64_t>(t.shape[0]), t.bits, t.scales);
+  return compress(bitpack(t.values, t.bits), which == 1 ? Codec::Brotli : Codec::Zstd);
 }
 
 // Each quantized tensor's values (empty for raw tensors), coded as `how`
-// says; Auto codes all three ways and keeps the smallest (ties: the earlier
-// of entropy, packed+brotli, packed+zstd).
+// says; Auto codes all four ways and keeps the smallest (ties: the earlier
+// of entropy, packed+brotli, packed+zstd, context).
 std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
   std::vector<int> which;
   switch (how) {
-    case ValueCoding::Auto: which = {0, 1, 2}; break;
+    case ValueCoding::Auto: which = {0, 1, 2, 3}; break;
     case ValueCoding::Entropy: which = {0}; break;
     case ValueCoding::PackedBrotli: which = {1}; break;
     case ValueCoding::PackedZstd: which = {2}; break;
+    case ValueCoding::Context: which = {3}; break;
   }
   if (which.empty()) fail("artifact", "unknown value coding " + std::to_string(static_cast<int>(how)));
   struct Task {
@@ -148,10 +152,9 @@ std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
     if ((x.which == 1) != (y.which == 1)) return x.which == 1;
     return a.tensors[x.tensor].values.size() > a.tensors[y.tensor].values.size();
   });
-  std::vector<std::array<std::string, 3>> out(a.tensors.size());
+  std::vector<std::array<std::string, kCodings>> out(a.tensors.size());
   parallel_for(tasks.size(), [&](size_t k) {
-    const ArtifactTensor& t = a.tensors[tasks[k].tensor];
-    out[tasks[k].tensor][tasks[k].which] = code_values_as(t.values, t.bits, tasks[k].which);
+    out[tasks[k].tensor][tasks[k].which] = code_values_as(a.tensors[tasks[k].tensor], tasks[k].which);
   });
   std::vector<Coded> best(a.tensors.size());
   for (size_t i = 0; i < a.tensors.size(); ++i) {
@@ -164,10 +167,15 @@ std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
   return best;
 }
 
-std::vector<int8_t> decode_values(const af::Section& s, const std::string& bytes, int bits, const std::string& what) {
+// The values of a quantized tensor with `scales.size()` rows (the context
+// coding reads its scales).
+std::vector<int8_t> decode_values(const af::Section& s, const std::string& bytes, int bits,
+                                  const std::vector<uint16_t>& scales, const std::string& what) {
   std::vector<int8_t> v;
   if (s.coding == "entropy") {
     v = rans_decode(bytes, s.raw_size, what);
+  } else if (s.coding == "context") {
+    v = context_decode(bytes, s.raw_size, scales.size(), bits, scales, what);
   } else {
     const Codec c = s.coding == "packed+brotli" ? Codec::Brotli : Codec::Zstd;  // the table allows only these
     const uint64_t want = packed_size(s.raw_size, bits);
@@ -250,6 +258,15 @@ std::string le16_bytes(const std::vector<uint16_t>& v) {
 }  // namespace
 
 // ---- encode -----------------------------------------------------------------------------
+
+ValueCoding parse_value_coding(const std::string& name) {
+  if (name == "auto") return ValueCoding::Auto;
+  if (name == "context") return ValueCoding::Context;
+  if (name == "entropy") return ValueCoding::Entropy;
+  if (name == "brotli") return ValueCoding::PackedBrotli;
+  if (name == "zstd") return ValueCoding::PackedZstd;
+  throw Error("--codec must be auto, context, entropy, brotli or zstd, got '" + name + "'");
+}
 
 std::string encode_artifact(const Artifact& a, const ArtifactWriteOptions& opt, ArtifactLayout* layout) {
   check_for_write(a);
@@ -418,14 +435,12 @@ Artifact decode_artifact(const std::string& bytes, const std::string& what, Arti
       x.kind = ArtifactTensor::Kind::Quantized;
       x.bits = e.bits;
       x.method = e.method;
-      x.values = decode_values(t.sections[e.values], section_bytes(e.values), e.bits, where + " values");
       x.scales.resize(e.part_size / 2);
       for (size_t r = 0; r < x.scales.size(); ++r) {
         const auto* p = reinterpret_cast<const unsigned char*>(part.data() + e.part_offset + 2 * r);
         x.scales[r] = static_cast<uint16_t>(p[0] | (p[1] << 8));
         if (!fp16_finite(x.scales[r])) fail(where, "scale " + std::to_string(r) + " is not finite");
       }
-      entropy[i] = layout ? order0_entropy_bits(x.values) : 0.0;
     } else {
       x.kind = ArtifactTensor::Kind::Raw;
       x.dtype = e.dtype;
@@ -436,6 +451,20 @@ Artifact decode_artifact(const std::string& bytes, const std::string& what, Arti
     }
     a.tensors.push_back(std::move(x));
   }
+  // Values last, on several threads (the context coding takes ~0.1 s per
+  // million values); with several corrupt sections, which one is reported
+  // depends on the threads.
+  std::vector<size_t> quantized;
+  for (size_t i = 0; i < t.tensors.size(); ++i)
+    if (t.tensors[i].quantized) quantized.push_back(i);
+  parallel_for(quantized.size(), [&](size_t k) {
+    const size_t i = quantized[k];
+    const af::TensorEntry& e = t.tensors[i];
+    ArtifactTensor& x = a.tensors[i];
+    x.values = decode_values(t.sections[e.values], section_bytes(e.values), e.bits, x.scales,
+                             what + ": tensor " + quote(e.name) + " values");
+    entropy[i] = layout ? order0_entropy_bits(x.values) : 0.0;
+  });
   fill_layout(t, entropy, payload_at, n, layout);
   return a;
 }

@@ -1,6 +1,8 @@
 // `pgolf export`: a pgolf artifact (.pgz) -> the reference's file layout, so a
 // pgolf-quantized model can be checked with the parameter-golf scripts.
-// Formats: int6.ptz (2026-04-10_VarLenAttn, SPEC §11; quant/reference_export.h).
+// Formats: int6.ptz (2026-04-10_VarLenAttn, SPEC §11; quant/reference_export.h),
+// and pgz: the same artifact with its values coded again (--codec), e.g. an
+// older file made smaller by the context coding, or made faster to load.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -22,13 +24,40 @@ namespace pgolf {
 namespace {
 
 struct ExportArgs {
-  std::string in, out, format = "int6.ptz";
+  std::string in, out, format = "int6.ptz", codec;
   bool raw = false, json = false;
 };
 
+// The same quantized values, scales and raw tensors, values coded as asked.
+void recode(const ExportArgs& a, const quant::Artifact& art, const quant::ArtifactLayout& before) {
+  quant::ArtifactWriteOptions wo;
+  wo.values = quant::parse_value_coding(a.codec.empty() ? "auto" : a.codec);
+  quant::ArtifactLayout after;
+  quant::save_artifact(a.out, art, wo, &after);
+  std::map<std::string, int> codings;
+  for (const auto& t : after.tensors)
+    if (t.kind == "quantized") ++codings[t.coding];
+  std::string used;
+  for (const auto& [c, n] : codings) used += (used.empty() ? "" : ", ") + std::to_string(n) + " " + c;
+  const double change = 100.0 * (double(after.file_bytes) / double(before.file_bytes) - 1.0);
+  std::fprintf(stderr, "%s: %s bytes (values: %s); %s was %s bytes (%+.2f%%)\n", a.out.c_str(),
+               quant::with_commas(after.file_bytes).c_str(), used.empty() ? "none" : used.c_str(), a.in.c_str(),
+               quant::with_commas(before.file_bytes).c_str(), change);
+  if (a.json) {
+    const nlohmann::json j = {{"file", a.out},        {"input", a.in},
+                              {"format", "pgz"},       {"codings", codings},
+                              {"file_bytes", after.file_bytes}, {"input_bytes", before.file_bytes}};
+    std::printf("%s\n", j.dump().c_str());
+  }
+}
+
 void run_export(const ExportArgs& a) {
-  if (a.format != "int6.ptz")
-    throw Error("--format: unknown format '" + a.format + "' (supported: int6.ptz, the 2026-04-10_VarLenAttn layout)");
+  if (a.format != "int6.ptz" && a.format != "pgz")
+    throw Error("--format: unknown format '" + a.format +
+                "' (supported: int6.ptz, the 2026-04-10_VarLenAttn layout; pgz, values coded again)");
+  if (!a.codec.empty() && a.format != "pgz") throw Error("--codec applies to --format pgz only");
+  if (a.raw && a.format != "int6.ptz") throw Error("--raw applies to --format int6.ptz only");
+  if (a.format == "pgz") quant::parse_value_coding(a.codec.empty() ? "auto" : a.codec);  // before loading
   if (a.out == a.in) fail(a.out, "--out must differ from the input artifact");
   const ModelFileKind kind = detect_model_file(a.in);
   if (kind != ModelFileKind::Artifact)
@@ -36,6 +65,7 @@ void run_export(const ExportArgs& a) {
                    "); export converts the .pgz files `pgolf quantize` writes");
   quant::ArtifactLayout layout;
   const quant::Artifact art = quant::load_artifact(a.in, &layout);
+  if (a.format == "pgz") return recode(a, art, layout);
   // The reference loads by name into its own model: check that the artifact
   // holds exactly the tensors its config implies, as evaluation would.
   const GptWeights w = quant::dequantize_artifact(art, a.in);
@@ -89,10 +119,15 @@ void run_export(const ExportArgs& a) {
 void register_export_command(CLI::App& app) {
   auto a = std::make_shared<ExportArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "export", "A pgolf artifact (.pgz) -> the reference's final_model.int6.ptz, for its scripts to load");
+      "export",
+      "A pgolf artifact (.pgz) -> the reference's final_model.int6.ptz for its scripts to load, or a .pgz coded again");
   cmd->add_option("artifact", a->in, "the pgolf artifact (.pgz) to convert")->required();
-  cmd->add_option("--format", a->format, "target layout: int6.ptz (2026-04-10_VarLenAttn, SPEC §11)")
+  cmd->add_option("--format", a->format,
+                  "target layout: int6.ptz (2026-04-10_VarLenAttn, SPEC §11), or pgz (this artifact, values coded "
+                  "again with --codec)")
       ->capture_default_str();
+  cmd->add_option("--codec", a->codec,
+                  "with --format pgz: auto (smallest, the default), context, entropy, brotli or zstd");
   cmd->add_option("--out", a->out, "the file to write (e.g. final_model.int6.ptz)")->required();
   cmd->add_flag("--raw", a->raw,
                 "write the torch.save archive itself, without the byte shuffle and brotli (torch.load reads it "

@@ -43,14 +43,6 @@ struct QuantizeArgs {
 
 double since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
 
-quant::ValueCoding parse_codec_option(const std::string& c) {
-  if (c == "auto") return quant::ValueCoding::Auto;
-  if (c == "brotli") return quant::ValueCoding::PackedBrotli;
-  if (c == "zstd") return quant::ValueCoding::PackedZstd;
-  if (c == "entropy") return quant::ValueCoding::Entropy;
-  throw Error("--codec must be auto, brotli, zstd or entropy, got '" + c + "'");
-}
-
 // Progress lines at most every 5 s.
 struct Progress {
   bool quiet;
@@ -105,7 +97,7 @@ void run_quantize(const QuantizeArgs& a) {
   if (a.block < 1) throw Error("--block must be >= 1");
   if (!(a.damp > 0)) throw Error("--damp must be positive");
   quant::ArtifactWriteOptions wo;
-  wo.values = parse_codec_option(a.codec);
+  wo.values = quant::parse_value_coding(a.codec);
   const std::vector<quant::CodeFile> code = quant::code_files(a.code);
   uint64_t code_bytes = 0;
   for (const auto& c : code) code_bytes += c.bytes;
@@ -315,7 +307,7 @@ void register_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--block", a->block, "GPTQ block size (columns)")->capture_default_str();
   cmd->add_option("--damp", a->damp, "GPTQ damping, as a fraction of mean(diag H)")->capture_default_str();
-  cmd->add_option("--codec", a->codec, "value coding: auto (smallest), brotli, zstd (bit-packed) or entropy")
+  cmd->add_option("--codec", a->codec, "value coding: auto (smallest), context (adaptive), entropy (static rANS), brotli or zstd (bit-packed)")
       ->capture_default_str();
   cmd->add_option("--cap", a->cap, "size cap in bytes for artifact + code (0 = none); over it the artifact is still "
                                    "written and the exit code is 1")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `pgolf export`: a quantized artifact -> the reference's final_model.int6.ptz.
+# `pgolf export`: a quantized artifact -> the reference's final_model.int6.ptz,
+# or the same artifact with its values coded again (--format pgz).
 #  - `pgolf eval` of the export gives the .pgz's bpb: exactly for a model in
 #    the reference's dtypes (tok_emb bf16, the rest float32), and within the
 #    bf16 rounding of tok_emb (which the reference's loader applies) for a
@@ -78,6 +79,20 @@ echo "     reference dtypes: bpb .pgz $p, .int6.ptz $q"
 check "reference dtypes: pgolf eval of the export gives the .pgz's bpb exactly" test -n "$p" -a "$p" = "$q"
 check "... and the same loss" test "$(json "$b_pgz" loss)" = "$(json "$b_ptz" loss)"
 
+# --format pgz: each coding gives the same model (bpb and loss to the last digit);
+# a trained-like tensor is not needed for that, only for the sizes.
+for c in context entropy brotli auto; do
+  out=$("$PGOLF" export "$T/r.pgz" --format pgz --codec $c --out "$T/r.$c.pgz" --json 2>/dev/null)
+  e=$("$PGOLF" eval --model "$T/r.$c.pgz" "${EVAL[@]}" 2>/dev/null)
+  check "--format pgz --codec $c: the same bpb and loss" \
+    test -n "$(json "$e" bpb)" -a "$(json "$e" bpb)" = "$(json "$b_pgz" bpb)" -a "$(json "$e" loss)" = "$(json "$b_pgz" loss)"
+  check "--format pgz --codec $c: reports the file's size" test "$(json "$out" file_bytes)" = "$(stat -c %s "$T/r.$c.pgz")"
+done
+check "--codec auto is no larger than any single coding" test "$(stat -c %s "$T/r.auto.pgz")" -le "$(stat -c %s "$T/r.context.pgz")" \
+  -a "$(stat -c %s "$T/r.auto.pgz")" -le "$(stat -c %s "$T/r.entropy.pgz")" -a "$(stat -c %s "$T/r.auto.pgz")" -le "$(stat -c %s "$T/r.brotli.pgz")"
+check "--codec context codes every quantized tensor that way" grep -q '"codings":{"context":13}' \
+  <("$PGOLF" export "$T/r.pgz" --format pgz --codec context --out "$T/r.context2.pgz" --json 2>/dev/null)
+
 # The torch.save archive itself, judged by CPython.
 run "$PGOLF" export "$T/r.pgz" --out "$T/r.raw" --raw
 if command -v python3 >/dev/null; then
@@ -98,6 +113,10 @@ fi
 expect_error export-checkpoint "$T/m.h5: not a pgolf artifact" -- "$PGOLF" export "$T/m.h5" --out "$T/x.int6.ptz"
 expect_error export-format "--format: unknown format 'int8.ptz'" -- \
   "$PGOLF" export "$T/a.pgz" --format int8.ptz --out "$T/x.int6.ptz"
+expect_error export-codec "--codec must be auto, context, entropy, brotli or zstd, got 'lzma'" -- \
+  "$PGOLF" export "$T/a.pgz" --format pgz --codec lzma --out "$T/x.pgz"
+expect_error export-codec-format "--codec applies to --format pgz only" -- \
+  "$PGOLF" export "$T/a.pgz" --codec context --out "$T/x.int6.ptz"
 head -c 1000 "$T/a.pgz" >"$T/trunc.pgz"
 expect_error export-truncated "$T/trunc.pgz: " -- "$PGOLF" export "$T/trunc.pgz" --out "$T/x.int6.ptz"
 check "failed exports left nothing behind" test -z "$(ls "$T" | grep '^x\.')"

@@ -112,9 +112,12 @@ std::string error_of(const std::string& bytes, const ArtifactLimits& lim = {}) {
   return test::error_of([&] { decode_artifact(bytes, "a.pgz", nullptr, lim); });
 }
 
+constexpr ValueCoding kEachCoding[] = {ValueCoding::Auto, ValueCoding::Entropy, ValueCoding::PackedBrotli,
+                                       ValueCoding::PackedZstd, ValueCoding::Context};
+
 TEST(Artifact, RoundTripEachCoding) {
   const Artifact a = sample(8);
-  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd}) {
+  for (ValueCoding c : kEachCoding) {
     SCOPED_TRACE(static_cast<int>(c));
     ArtifactLayout wl, rl;
     const std::string bytes = encode_artifact(a, {c}, &wl);
@@ -140,7 +143,7 @@ TEST(Artifact, RoundTripEachCoding) {
         EXPECT_EQ(r.kind, "quantized");
         EXPECT_EQ(r.bits, t.bits);
         EXPECT_EQ(r.raw_bytes, t.values.size() + 2 * t.scales.size());
-        const char* want[] = {nullptr, "entropy", "packed+brotli", "packed+zstd"};
+        const char* want[] = {nullptr, "entropy", "packed+brotli", "packed+zstd", "context"};
         if (c != ValueCoding::Auto) {
           EXPECT_EQ(r.coding, want[static_cast<int>(c)]);
         }
@@ -158,16 +161,25 @@ TEST(Artifact, AutoKeepsTheSmallest) {
   Artifact a;
   a.config_json = "{}";
   a.tensors.push_back(quantized("g", {256, 256}, 6, 5, 4.0));
-  size_t sizes[4];
+  size_t sizes[5];
   int k = 0;
-  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd})
-    sizes[k++] = encode_artifact(a, {c}).size();
-  EXPECT_EQ(sizes[0], std::min({sizes[1], sizes[2], sizes[3]}));
+  for (ValueCoding c : kEachCoding) sizes[k++] = encode_artifact(a, {c}).size();
+  EXPECT_EQ(sizes[0], std::min({sizes[1], sizes[2], sizes[3], sizes[4]}));
   ArtifactLayout l;
   encode_artifact(a, {}, &l);
-  // Gaussian values: the entropy coder wins and lands near the floor.
+  // I.i.d. Gaussian values: the static entropy coder wins and lands near the floor.
   EXPECT_EQ(l.tensors[0].coding, "entropy");
   EXPECT_LE(static_cast<double>(l.tensors[0].stored_bytes), l.tensors[0].entropy_bits / 8 * 1.005 + 400);
+  // Columns of different spreads: the context coding wins, below the floor.
+  std::mt19937 rng(3);
+  for (size_t i = 0; i < a.tensors[0].values.size(); ++i) {
+    const double sigma = 0.5 + (i % 256) / 32.0;
+    a.tensors[0].values[i] = static_cast<int8_t>(
+        std::clamp(static_cast<int>(std::lround(std::normal_distribution<double>(0, sigma)(rng))), -31, 31));
+  }
+  encode_artifact(a, {}, &l);
+  EXPECT_EQ(l.tensors[0].coding, "context");
+  EXPECT_LT(static_cast<double>(l.tensors[0].stored_bytes), l.tensors[0].entropy_bits / 8 * 0.97);
 }
 
 TEST(Artifact, EmptyArtifact) {
@@ -190,28 +202,32 @@ std::string small_artifact(ValueCoding coding = ValueCoding::Auto) {
 }
 
 TEST(Artifact, EveryTruncationFails) {
-  const std::string good = small_artifact();
-  ASSERT_GE(good.size(), 500u);
-  ASSERT_LE(good.size(), 3000u);
-  ASSERT_EQ(error_of(good), "");
-  for (size_t n = 0; n < good.size(); ++n) {
-    const std::string e = error_of(good.substr(0, n));
-    ASSERT_NE(e, "") << "truncated to " << n;
-    ASSERT_EQ(e.rfind("a.pgz: ", 0), 0u) << e;
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context}) {
+    const std::string good = small_artifact(c);
+    ASSERT_GE(good.size(), 500u);
+    ASSERT_LE(good.size(), 3000u);
+    ASSERT_EQ(error_of(good), "");
+    for (size_t n = 0; n < good.size(); ++n) {
+      const std::string e = error_of(good.substr(0, n));
+      ASSERT_NE(e, "") << "truncated to " << n;
+      ASSERT_EQ(e.rfind("a.pgz: ", 0), 0u) << e;
+    }
+    EXPECT_NE(error_of(good + '\0'), "");
   }
-  EXPECT_NE(error_of(good + '\0'), "");
 }
 
 TEST(Artifact, EverySingleBitFlipFails) {
-  const std::string good = small_artifact();
-  std::string b = good;
-  for (size_t bit = 0; bit < 8 * good.size(); ++bit) {
-    const char mask = static_cast<char>(1 << (bit % 8));
-    b[bit / 8] ^= mask;
-    const std::string e = error_of(b);
-    b[bit / 8] ^= mask;
-    ASSERT_NE(e, "") << "bit " << bit << " of " << 8 * good.size();
-    ASSERT_EQ(e.find('\n'), std::string::npos) << e;
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context}) {
+    const std::string good = small_artifact(c);
+    std::string b = good;
+    for (size_t bit = 0; bit < 8 * good.size(); ++bit) {
+      const char mask = static_cast<char>(1 << (bit % 8));
+      b[bit / 8] ^= mask;
+      const std::string e = error_of(b);
+      b[bit / 8] ^= mask;
+      ASSERT_NE(e, "") << "bit " << bit << " of " << 8 * good.size();
+      ASSERT_EQ(e.find('\n'), std::string::npos) << e;
+    }
   }
 }
 
@@ -262,9 +278,11 @@ TEST(Artifact, StructuralChecksBehindTheChecksums) {
   expect_edit_fails(g, [](J& j) { j["tensors"][0]["bits"] = 9; }, "bits 9 is not in 2..8");
   expect_edit_fails(g, [](J& j) { j["tensors"][0]["bits"] = 1; }, "bits 1 is not in 2..8");
   // Values wider than the declared bits, from each coding.
-  for (ValueCoding c : {ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd}) {
+  for (ValueCoding c : {ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd, ValueCoding::Context}) {
     const std::string e = small_artifact(c);
     if (c == ValueCoding::Entropy) expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "outside +-3");
+    // Context: another width is another model; the stream no longer ends where it should.
+    else if (c == ValueCoding::Context) expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "context stream");
     // Packed: 8-bit bytes read as 3-bit fields are a size mismatch.
     else expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "a.pgz: tensor 'w8' values: ");
   }
@@ -362,17 +380,19 @@ TEST(Artifact, HeaderFields) {
 TEST(Artifact, ResealedFlipsNeverCrash) {
   // With checksums forged, corrupt payloads reach the decoders: any outcome
   // but a crash or a non-pgolf exception is fine.
-  const std::string good = small_artifact();
-  const af::Header h = af::read_header(good);
-  for (size_t byte = af::kHeaderSize + h.json_size; byte < good.size(); ++byte)
-    for (int bit = 0; bit < 8; bit += 3) {
-      std::string b = good;
-      b[byte] = static_cast<char>(b[byte] ^ (1 << bit));
-      try {
-        decode_artifact(reseal_artifact(b), "r");
-      } catch (const Error&) {
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context}) {
+    const std::string good = small_artifact(c);
+    const af::Header h = af::read_header(good);
+    for (size_t byte = af::kHeaderSize + h.json_size; byte < good.size(); ++byte)
+      for (int bit = 0; bit < 8; bit += 3) {
+        std::string b = good;
+        b[byte] = static_cast<char>(b[byte] ^ (1 << bit));
+        try {
+          decode_artifact(reseal_artifact(b), "r");
+        } catch (const Error&) {
+        }
       }
-    }
+  }
 }
 
 TEST(Artifact, RejectsBadTensorsOnWrite) {

@@ -74,7 +74,8 @@ void write_seeds(const std::string& dir) {
   a.tensors.push_back(raw("mask", 5, "bool", 1));
   a.tensors.push_back(raw("ids", 2, "int64", 8));
   int k = 0;
-  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd}) {
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd,
+                        ValueCoding::Context}) {
     const std::string bytes = encode_artifact(a, {c});
     pgolf::write_file_atomic(dir + "/seed" + std::to_string(k++), bytes);
     pgolf::write_file_atomic(dir + "/seed" + std::to_string(k++), reseal_artifact(bytes));  // plain JSON
