@@ -33,20 +33,27 @@ FitResult quantize_to_fit(const GptWeights& w, const QuantizeOptions& o, const A
   auto t0 = clock::now();
   f.results = quantize_tensors(w, f.plans, o);
   f.quantize_seconds += seconds_since(t0);
-  // While fitting, sections are entropy-coded only (fast; `auto` only ever
-  // picks something smaller, so a fit found this way still fits); the final
-  // write uses the caller's options.
+  // While fitting, sections are entropy-coded (fast). The caller's coding is
+  // never larger (`auto` keeps the smallest) and can be a few percent smaller
+  // (the context coding), so a fit, or a miss by under 5%, is coded again the
+  // caller's way before any bits are lowered; the final write is always that way.
   ArtifactWriteOptions fast = wo;
   fast.values = ValueCoding::Entropy;
+  bool final_coding = false;  // f.bytes coded with wo
   auto encode = [&](const ArtifactWriteOptions& opts) {
     const auto e0 = clock::now();
     f.artifact = build_artifact(w, f.plans, f.results, o);
     f.bytes = encode_artifact(f.artifact, opts, &f.layout);
     f.encode_seconds += seconds_since(e0);
     f.fits = artifact_cap == 0 || f.bytes.size() <= artifact_cap;
+    final_coding = opts.values == wo.values;
   };
-  encode(fit ? fast : wo);
-  if (f.fits && fit && wo.values != fast.values) encode(wo);
+  auto encode_for_fit = [&] {
+    encode(fast);
+    if (!final_coding && (f.fits || f.bytes.size() - artifact_cap <= artifact_cap / 20)) encode(wo);
+  };
+  if (fit) encode_for_fit();
+  else encode(wo);
   std::map<std::pair<std::string, int>, TensorResult> trials;  // (name, bits) -> that tensor at those bits
   while (!f.fits && fit) {
     // Candidates: each group one bit lower.
@@ -89,11 +96,11 @@ FitResult quantize_to_fit(const GptWeights& w, const QuantizeOptions& o, const A
       p.bits -= 1;
       f.results[p.name] = trials.at({p.name, p.bits});
     }
-    encode(fast);
+    encode_for_fit();
     f.steps.push_back({best, from + "->" + to, best_err, best_bytes, f.bytes.size()});
     if (o.log) o.log("fit: " + best + " " + from + "->" + to + " bits: " + std::to_string(f.bytes.size()) + " bytes");
   }
-  if (fit && !f.steps.empty() && wo.values != fast.values) encode(wo);
+  if (!final_coding) encode(wo);
   return f;
 }
 

@@ -1,6 +1,8 @@
 // --fit: lower bit widths until the artifact fits its share of the cap.
 //
-// Each round encodes the artifact; while it is over `artifact_cap`, every
+// Each round encodes the artifact (entropy coding, fast; a fit or a miss by
+// under 5% is coded again with the caller's coding, which can be a few percent
+// smaller); while it is over `artifact_cap`, every
 // report group (embed, looped, attn, mlp, other) with a quantized tensor
 // above 2 bits is tried one bit lower (all its quantized tensors, each from
 // its own width), scored by the increase of its Hessian-weighted error
