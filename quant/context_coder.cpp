@@ -276,6 +276,13 @@ std::vector<int8_t> context_decode(const std::string& bytes, uint64_t count, uin
     if (!bytes.empty()) fail(what, "context stream for 0 values is not empty (corrupt)");
     return {};
   }
+  // Every value costs at least one decision, and a decision at the most
+  // probable squash output (65514/65536) narrows the range by at least
+  // 4.8e-4 bits; a stream of n bytes narrows it by at most 8(n - 4) bits. So a
+  // count over 16,600 n cannot be this stream's: refused before allocating.
+  if (count / 16600 >= bytes.size())
+    fail(what, "context stream of " + std::to_string(bytes.size()) + " bytes cannot hold " + std::to_string(count) +
+                   " values (corrupt)");
   std::vector<int8_t> v(count, 0);
   Decoder d(bytes, what);
   walk(d, v.data(), rows, count / rows, bits, scales);

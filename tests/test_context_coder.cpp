@@ -166,6 +166,13 @@ TEST(ContextCoder, HostileStreams) {
   // Every truncation runs out of bytes; bytes after the end are refused.
   for (size_t n = 0; n < good.size(); ++n) EXPECT_NE(error_of(good.substr(0, n), x), "") << "truncated to " << n;
   EXPECT_NE(error_of(good + '\0', x).find("1 bytes after its end"), std::string::npos);
+  // A count the stream cannot hold is refused before allocating for it; the
+  // most compressible input there is (all zeros) stays well inside the bound.
+  EXPECT_NE(error_of(good, x, uint64_t{20} << 36).find("cannot hold"), std::string::npos);
+  const Matrix zeros = columns(4096, 1024, 8, std::vector<double>(1024, 0.0), std::vector<double>(1024, 0.0), 0x2C00, 1);
+  const std::string z = context_encode(zeros.values, zeros.rows, zeros.bits, zeros.scales);
+  EXPECT_LT(zeros.values.size() / 16600, z.size()) << z.size() << " bytes for " << zeros.values.size() << " zeros";
+  EXPECT_EQ(context_decode(z, zeros.values.size(), zeros.rows, zeros.bits, zeros.scales, "z"), zeros.values);
   std::string first = good;
   first[0] = 1;
   EXPECT_NE(error_of(first, x).find("first byte is not 0"), std::string::npos);
