@@ -144,9 +144,16 @@ std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
     int which;
   };
   std::vector<Task> tasks;
+  // Auto leaves out the context coding where it cannot apply (over 2^20 columns).
+  auto codings_of = [&](const ArtifactTensor& t) {
+    std::vector<int> w = which;
+    if (how == ValueCoding::Auto && !context_codable(t.values.size(), static_cast<uint64_t>(t.shape[0])))
+      w.pop_back();  // context is last
+    return w;
+  };
   for (size_t i = 0; i < a.tensors.size(); ++i)
     if (a.tensors[i].kind == ArtifactTensor::Kind::Quantized)
-      for (int w : which) tasks.push_back({i, w});
+      for (int w : codings_of(a.tensors[i])) tasks.push_back({i, w});
   // Slowest first, so the long brotli runs overlap: brotli, then by size.
   std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& x, const Task& y) {
     if ((x.which == 1) != (y.which == 1)) return x.which == 1;
@@ -159,8 +166,9 @@ std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
   std::vector<Coded> best(a.tensors.size());
   for (size_t i = 0; i < a.tensors.size(); ++i) {
     if (a.tensors[i].kind != ArtifactTensor::Kind::Quantized) continue;
-    int pick = which[0];
-    for (int w : which)
+    const std::vector<int> tried = codings_of(a.tensors[i]);
+    int pick = tried[0];
+    for (int w : tried)
       if (out[i][w].size() < out[i][pick].size()) pick = w;
     best[i] = {kValueCodings[pick], std::move(out[i][pick])};
   }

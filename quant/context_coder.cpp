@@ -19,6 +19,7 @@ constexpr int kCountLimit = 1024;   // a counter adapts at 1/(n+2), never slower
 constexpr int kInherit = 16;        // a mean counter starts from its spread counter, as if seen <= 16 times
 constexpr int kMixShift = 17;       // mixer learning rate 2^-9 (weights 16.16, stretch in 1/256 nat)
 constexpr int32_t kMaxWeight = 1 << 22;  // weights stay within +-64
+constexpr uint64_t kMaxColumns = uint64_t{1} << 20;
 
 // ---- integer logistic functions -------------------------------------------------------
 // squash(x) = 65536 / (1 + e^-x), x in 1/256 nat, by linear interpolation
@@ -252,9 +253,17 @@ void check_shape(uint64_t count, uint64_t rows, int bits, size_t n_scales, const
     fail(what, std::to_string(count) + " values do not make " + std::to_string(rows) + " equal rows");
   if (n_scales != rows)
     fail(what, std::to_string(n_scales) + " scales for " + std::to_string(rows) + " rows");
+  // The column statistics take 24 bytes a column: bounded, so a hostile
+  // shape (one row of a billion values) cannot make the decoder allocate
+  // 24 times the values' size.
+  if (count / rows > kMaxColumns)
+    fail(what, "context coding allows at most " + std::to_string(kMaxColumns) + " columns, got " +
+                   std::to_string(count / rows));
 }
 
 }  // namespace
+
+bool context_codable(uint64_t count, uint64_t rows) { return count == 0 || (rows > 0 && count / rows <= kMaxColumns); }
 
 std::string context_encode(const std::vector<int8_t>& values, uint64_t rows, int bits,
                            const std::vector<uint16_t>& scales) {

@@ -33,10 +33,11 @@ FitResult quantize_to_fit(const GptWeights& w, const QuantizeOptions& o, const A
   auto t0 = clock::now();
   f.results = quantize_tensors(w, f.plans, o);
   f.quantize_seconds += seconds_since(t0);
-  // While fitting, sections are entropy-coded (fast). The caller's coding is
-  // never larger (`auto` keeps the smallest) and can be a few percent smaller
-  // (the context coding), so a fit, or a miss by under 5%, is coded again the
-  // caller's way before any bits are lowered; the final write is always that way.
+  // While fitting, sections are entropy-coded (fast). The caller's coding
+  // can be a few percent smaller (`auto`, through the context coding) or
+  // larger (a single codec), so a fit, or a miss by under 5%, is coded again
+  // the caller's way and judged by that before any bits are lowered; the
+  // final write is always that way.
   ArtifactWriteOptions fast = wo;
   fast.values = ValueCoding::Entropy;
   bool final_coding = false;  // f.bytes coded with wo

@@ -182,6 +182,17 @@ TEST(Artifact, AutoKeepsTheSmallest) {
   EXPECT_LT(static_cast<double>(l.tensors[0].stored_bytes), l.tensors[0].entropy_bits / 8 * 0.97);
 }
 
+TEST(Artifact, AutoSkipsTheContextCodingOverItsColumnLimit) {
+  Artifact a;
+  a.tensors.push_back(quantized("row", {1, (1 << 20) + 1}, 2, 7, 0.6));  // one row: too many columns
+  ArtifactLayout l;
+  const std::string bytes = encode_artifact(a, {}, &l);
+  EXPECT_NE(l.tensors[0].coding, "context");
+  expect_same(a, decode_artifact(bytes, "a.pgz"));
+  EXPECT_NE(test::error_of([&] { encode_artifact(a, {ValueCoding::Context}); }).find("at most 1048576 columns"),
+            std::string::npos);
+}
+
 TEST(Artifact, EmptyArtifact) {
   Artifact a;
   const std::string bytes = encode_artifact(a);

@@ -130,6 +130,17 @@ TEST(ContextCoder, BadArguments) {
   EXPECT_NE(encode_error(wide, 4, 6, x.scales).find("outside +-31"), std::string::npos);
   const std::string good = context_encode(x.values, 4, 6, x.scales);
   EXPECT_NE(error_of(good, x, 25).find("do not make 4 equal rows"), std::string::npos);
+  // At most 2^20 columns: one row of 2^20 + 1 values is refused both ways
+  // (the decoder before allocating its column statistics).
+  const uint64_t wide_row = (uint64_t{1} << 20) + 1;
+  EXPECT_TRUE(context_codable(wide_row - 1, 1));
+  EXPECT_FALSE(context_codable(wide_row, 1));
+  EXPECT_TRUE(context_codable(0, 0));
+  EXPECT_NE(encode_error(std::vector<int8_t>(wide_row, 0), 1, 6, {0x2C00}).find("at most 1048576 columns"),
+            std::string::npos);
+  Matrix one_row;
+  one_row.rows = 1, one_row.scales = {0x2C00};
+  EXPECT_NE(error_of(std::string(100000, '\0'), one_row, wide_row).find("at most 1048576 columns"), std::string::npos);
 }
 
 // What the model is for: columns with their own spread and mean code well
@@ -168,7 +179,7 @@ TEST(ContextCoder, HostileStreams) {
   EXPECT_NE(error_of(good + '\0', x).find("1 bytes after its end"), std::string::npos);
   // A count the stream cannot hold is refused before allocating for it; the
   // most compressible input there is (all zeros) stays well inside the bound.
-  EXPECT_NE(error_of(good, x, uint64_t{20} << 36).find("cannot hold"), std::string::npos);
+  EXPECT_NE(error_of(good, x, uint64_t{20} << 20).find("cannot hold"), std::string::npos);
   const Matrix zeros = columns(4096, 1024, 8, std::vector<double>(1024, 0.0), std::vector<double>(1024, 0.0), 0x2C00, 1);
   const std::string z = context_encode(zeros.values, zeros.rows, zeros.bits, zeros.scales);
   EXPECT_LT(zeros.values.size() / 16600, z.size()) << z.size() << " bytes for " << zeros.values.size() << " zeros";
