@@ -28,20 +28,22 @@ constexpr int kKnots[33] = {22,    36,    60,    98,    162,   267,   439,   720
                             4971,  7812,  11955, 17625, 24743, 32768, 40793, 47911, 53581, 57724, 60565,
                             62428, 63615, 64357, 64816, 65097, 65269, 65374, 65438, 65476, 65500, 65514};
 
-int squash(int x) {
+int squash_by_knots(int x) {
   x = std::clamp(x, -2047, 2047) + 2048;
   const int i = x >> 7, w = x & 127;
   return (kKnots[i] * (128 - w) + kKnots[i + 1] * w) >> 7;
 }
 
 struct Tables {
+  std::array<uint16_t, 4095> squash;  // squash(x) for x in -2047..2047, at x + 2047
   std::array<int16_t, 4096> stretch;  // inverse of squash, indexed by P(1) >> 4
   std::array<uint8_t, 256> log8;      // floor(8 log2(1 + i/256))
   std::array<uint32_t, kCountLimit + 1> reciprocal;  // 2^16 / d
   Tables() {
+    for (int x = -2047; x <= 2047; ++x) squash[x + 2047] = static_cast<uint16_t>(squash_by_knots(x));
     int next = 0;
     for (int x = -2047; x <= 2047; ++x) {
-      const int p = squash(x) >> 4;
+      const int p = squash[x + 2047] >> 4;
       for (; next <= p; ++next) stretch[next] = static_cast<int16_t>(x);
     }
     for (; next < 4096; ++next) stretch[next] = 2047;
@@ -84,15 +86,16 @@ int64_t scale_units(uint16_t h) {
 struct Counter {
   uint32_t p = 1u << 21;  // P(1) in 2^-22
   uint32_t n = 1;         // updates + 1, at most kCountLimit; 0 = never used (mean counters)
-  void update(int bit) {
+  void update(int bit, const Tables& t) {
     const uint32_t d = std::min<uint32_t>(n + 1, kCountLimit);  // n + 1 = updates + 2
     const int64_t diff = (static_cast<int64_t>(bit) << 22) - static_cast<int64_t>(p);
-    p = static_cast<uint32_t>(static_cast<int64_t>(p) + ((diff * tables().reciprocal[d]) >> 16));
+    p = static_cast<uint32_t>(static_cast<int64_t>(p) + ((diff * t.reciprocal[d]) >> 16));
     if (n < kCountLimit) ++n;
   }
 };
 
 struct Model {
+  const Tables& t = tables();
   std::vector<Counter> spread;     // [kSpreadBuckets][kSlots]
   std::vector<Counter> with_mean;  // [kSpreadBuckets][kMeanBuckets][kSlots]
   std::vector<int32_t> weights;    // [kMeanBuckets][kSlots][2], 16.16
@@ -109,15 +112,15 @@ struct Model {
     Counter& b = with_mean[(sb * kMeanBuckets + ob) * kSlots + slot];
     if (b.n == 0) b.p = a.p, b.n = std::min<uint32_t>(a.n, kInherit + 1);
     int32_t* w = &weights[(ob * kSlots + slot) * 2];
-    const Tables& t = tables();
     const int s0 = t.stretch[a.p >> 10], s1 = t.stretch[b.p >> 10];
-    const int p = squash(static_cast<int>((static_cast<int64_t>(w[0]) * s0 + static_cast<int64_t>(w[1]) * s1) >> 16));
+    const int64_t dot = (static_cast<int64_t>(w[0]) * s0 + static_cast<int64_t>(w[1]) * s1) >> 16;
+    const int p = t.squash[std::clamp<int64_t>(dot, -2047, 2047) + 2047];
     bit = coder.bit(static_cast<uint32_t>(p), bit);
     const int err = (bit << 16) - p;
     w[0] = std::clamp(w[0] + ((s0 * err) >> kMixShift), -kMaxWeight, kMaxWeight);
     w[1] = std::clamp(w[1] + ((s1 * err) >> kMixShift), -kMaxWeight, kMaxWeight);
-    a.update(bit);
-    b.update(bit);
+    a.update(bit, t);
+    b.update(bit, t);
     return bit;
   }
 };
