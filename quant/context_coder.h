@@ -22,13 +22,13 @@
 
 namespace pgolf::quant {
 
-// values: rows x cols, row-major, cols <= 2^20 (context_codable); scales:
-// one fp16 bit pattern per row. bits in 2..8, every value within
-// +-(2^(bits-1) - 1).
 // Whether a tensor of `count` values in `rows` rows can be context-coded (at
 // most 2^20 columns; every real weight matrix has far fewer).
 bool context_codable(uint64_t count, uint64_t rows);
 
+// values: rows x cols, row-major, cols <= 2^20 (context_codable); scales:
+// one fp16 bit pattern per row. bits in 2..8, every value within
+// +-(2^(bits-1) - 1).
 std::string context_encode(const std::vector<int8_t>& values, uint64_t rows, int bits,
                            const std::vector<uint16_t>& scales);
 

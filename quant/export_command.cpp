@@ -29,9 +29,10 @@ struct ExportArgs {
 };
 
 // The same quantized values, scales and raw tensors, values coded as asked.
-void recode(const ExportArgs& a, const quant::Artifact& art, const quant::ArtifactLayout& before) {
+void recode(const ExportArgs& a, quant::ValueCoding coding, const quant::Artifact& art,
+            const quant::ArtifactLayout& before) {
   quant::ArtifactWriteOptions wo;
-  wo.values = quant::parse_value_coding(a.codec.empty() ? "auto" : a.codec);
+  wo.values = coding;
   quant::ArtifactLayout after;
   quant::save_artifact(a.out, art, wo, &after);
   std::map<std::string, int> codings;
@@ -57,7 +58,7 @@ void run_export(const ExportArgs& a) {
                 "' (supported: int6.ptz, the 2026-04-10_VarLenAttn layout; pgz, values coded again)");
   if (!a.codec.empty() && a.format != "pgz") throw Error("--codec applies to --format pgz only");
   if (a.raw && a.format != "int6.ptz") throw Error("--raw applies to --format int6.ptz only");
-  if (a.format == "pgz") quant::parse_value_coding(a.codec.empty() ? "auto" : a.codec);  // before loading
+  const quant::ValueCoding coding = quant::parse_value_coding(a.codec.empty() ? "auto" : a.codec);  // before loading
   if (a.out == a.in) fail(a.out, "--out must differ from the input artifact");
   const ModelFileKind kind = detect_model_file(a.in);
   if (kind != ModelFileKind::Artifact)
@@ -65,7 +66,7 @@ void run_export(const ExportArgs& a) {
                    "); export converts the .pgz files `pgolf quantize` writes");
   quant::ArtifactLayout layout;
   const quant::Artifact art = quant::load_artifact(a.in, &layout);
-  if (a.format == "pgz") return recode(a, art, layout);
+  if (a.format == "pgz") return recode(a, coding, art, layout);
   // The reference loads by name into its own model: check that the artifact
   // holds exactly the tensors its config implies, as evaluation would.
   const GptWeights w = quant::dequantize_artifact(art, a.in);
