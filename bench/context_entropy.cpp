@@ -255,7 +255,7 @@ int main(int argc, char** argv) {
     res.push_back(h_binary(t, 1, 256));
     res.push_back(h_binary(t, 2, 256));
     res.push_back(h_binary(t, 2, 1024));
-    res.push_back(8.0 * pgolf::quant::context_encode(x.values, static_cast<uint64_t>(t.R), t.bits, x.scales).size());
+    res.push_back(8.0 * pgolf::quant::context_encode(x.values, static_cast<uint64_t>(t.R), t.bits, x.scales, pgolf::quant::ContextModel::Columns).size());
     const std::string cls = t.name.find("tok_emb") != std::string::npos ? "embed"
                             : t.name.find("attn") != std::string::npos  ? "attn"
                             : t.name.find("mlp.fc") != std::string::npos ? "mlp.fc"

@@ -117,43 +117,61 @@ void parallel_for(size_t n, F f) {
     if (e) std::rethrow_exception(e);
 }
 
-constexpr int kCodings = 4;
-const char* const kValueCodings[kCodings] = {"entropy", "packed+brotli", "packed+zstd", "context"};
+constexpr int kCodings = 5;
+const char* const kValueCodings[kCodings] = {"entropy", "packed+brotli", "packed+zstd", "context", "context+linear"};
 
 std::string code_values_as(const ArtifactTensor& t, int which) {
+  const uint64_t rows = static_cast<uint64_t>(t.shape[0]);
   if (which == 0) return rans_encode(t.values);
-  if (which == 3) return context_encode(t.values, static_cast<uint64_t>(t.shape[0]), t.bits, t.scales);
+  if (which == 3) return context_encode(t.values, rows, t.bits, t.scales, ContextModel::Columns);
+  if (which == 4) return context_encode(t.values, rows, t.bits, t.scales, ContextModel::Linear);
   return compress(bitpack(t.values, t.bits), which == 1 ? Codec::Brotli : Codec::Zstd);
 }
 
-// Each quantized tensor's values (empty for raw tensors), coded as `how`
-// says; Auto codes all four ways and keeps the smallest (ties: the earlier
-// of entropy, packed+brotli, packed+zstd, context).
-std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
-  std::vector<int> which;
+// Whether context+linear is worth trying on t: only tall matrices (at least 4
+// rows a column, like an embedding) have enough rows to learn a covariance
+// from, and its cost grows with the columns.
+bool linear_candidate(const ArtifactTensor& t) {
+  const uint64_t rows = static_cast<uint64_t>(t.shape[0]);
+  return context_codable(t.values.size(), rows, ContextModel::Linear) && rows > 0 &&
+         rows >= 4 * (t.values.size() / rows);
+}
+
+// The codings to try on quantized tensor t for `how` (indices into
+// kValueCodings). Auto tries every coding that applies: context where it can
+// (at most 2^20 columns), context+linear on tall matrices. ContextLinear
+// falls back to context on matrices over its 1024 columns.
+std::vector<int> codings_for(const ArtifactTensor& t, ValueCoding how) {
+  const uint64_t rows = static_cast<uint64_t>(t.shape[0]);
   switch (how) {
-    case ValueCoding::Auto: which = {0, 1, 2, 3}; break;
-    case ValueCoding::Entropy: which = {0}; break;
-    case ValueCoding::PackedBrotli: which = {1}; break;
-    case ValueCoding::PackedZstd: which = {2}; break;
-    case ValueCoding::Context: which = {3}; break;
+    case ValueCoding::Auto: {
+      std::vector<int> w = {0, 1, 2};
+      if (context_codable(t.values.size(), rows, ContextModel::Columns)) w.push_back(3);
+      if (linear_candidate(t)) w.push_back(4);
+      return w;
+    }
+    case ValueCoding::Entropy: return {0};
+    case ValueCoding::PackedBrotli: return {1};
+    case ValueCoding::PackedZstd: return {2};
+    case ValueCoding::Context: return {3};
+    case ValueCoding::ContextLinear:
+      return {context_codable(t.values.size(), rows, ContextModel::Linear) ? 4 : 3};
   }
-  if (which.empty()) fail("artifact", "unknown value coding " + std::to_string(static_cast<int>(how)));
+  fail("artifact", "unknown value coding " + std::to_string(static_cast<int>(how)));
+}
+
+// Each quantized tensor's values (empty for raw tensors), coded as `how`
+// says; where several codings are tried, the smallest is kept (ties: the
+// earlier in kValueCodings).
+std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
   struct Task {
     size_t tensor;
     int which;
   };
   std::vector<Task> tasks;
-  // Auto leaves out the context coding where it cannot apply (over 2^20 columns).
-  auto codings_of = [&](const ArtifactTensor& t) {
-    std::vector<int> w = which;
-    if (how == ValueCoding::Auto && !context_codable(t.values.size(), static_cast<uint64_t>(t.shape[0])))
-      w.pop_back();  // context is last
-    return w;
-  };
   for (size_t i = 0; i < a.tensors.size(); ++i)
     if (a.tensors[i].kind == ArtifactTensor::Kind::Quantized)
-      for (int w : codings_of(a.tensors[i])) tasks.push_back({i, w});
+      for (int w : codings_for(a.tensors[i], how)) tasks.push_back({i, w});
   // Slowest first, so the long brotli runs overlap: brotli, then by size.
   std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& x, const Task& y) {
     if ((x.which == 1) != (y.which == 1)) return x.which == 1;
@@ -166,7 +184,7 @@ std::vector<Coded> code_all_values(const Artifact& a, ValueCoding how) {
   std::vector<Coded> best(a.tensors.size());
   for (size_t i = 0; i < a.tensors.size(); ++i) {
     if (a.tensors[i].kind != ArtifactTensor::Kind::Quantized) continue;
-    const std::vector<int> tried = codings_of(a.tensors[i]);
+    const std::vector<int> tried = codings_for(a.tensors[i], how);
     int pick = tried[0];
     for (int w : tried)
       if (out[i][w].size() < out[i][pick].size()) pick = w;
@@ -182,8 +200,9 @@ std::vector<int8_t> decode_values(const af::Section& s, const std::string& bytes
   std::vector<int8_t> v;
   if (s.coding == "entropy") {
     v = rans_decode(bytes, s.raw_size, what);
-  } else if (s.coding == "context") {
-    v = context_decode(bytes, s.raw_size, scales.size(), bits, scales, what);
+  } else if (s.coding == "context" || s.coding == "context+linear") {
+    const ContextModel m = s.coding == "context" ? ContextModel::Columns : ContextModel::Linear;
+    v = context_decode(bytes, s.raw_size, scales.size(), bits, scales, m, what);
   } else {
     const Codec c = s.coding == "packed+brotli" ? Codec::Brotli : Codec::Zstd;  // the table allows only these
     const uint64_t want = packed_size(s.raw_size, bits);
@@ -270,10 +289,11 @@ std::string le16_bytes(const std::vector<uint16_t>& v) {
 ValueCoding parse_value_coding(const std::string& name) {
   if (name == "auto") return ValueCoding::Auto;
   if (name == "context") return ValueCoding::Context;
+  if (name == "context+linear") return ValueCoding::ContextLinear;
   if (name == "entropy") return ValueCoding::Entropy;
   if (name == "brotli") return ValueCoding::PackedBrotli;
   if (name == "zstd") return ValueCoding::PackedZstd;
-  throw Error("--codec must be auto, context, entropy, brotli or zstd, got '" + name + "'");
+  throw Error("--codec must be auto, context, context+linear, entropy, brotli or zstd, got '" + name + "'");
 }
 
 std::string encode_artifact(const Artifact& a, const ArtifactWriteOptions& opt, ArtifactLayout* layout) {

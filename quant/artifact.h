@@ -38,11 +38,13 @@ struct Artifact {
 
 // How values are written. Auto tries each coding per section and keeps the
 // smallest. Context (quant/context_coder.h) is the smallest on trained
-// weights; Entropy decodes about 10x faster.
-enum class ValueCoding { Auto, Entropy, PackedBrotli, PackedZstd, Context };
+// weights, ContextLinear on embeddings (Auto tries it on matrices with at
+// least 4 rows a column; forced, it falls back to Context over 1024 columns);
+// Entropy decodes about 10x faster.
+enum class ValueCoding { Auto, Entropy, PackedBrotli, PackedZstd, Context, ContextLinear };
 
-// "auto", "context", "entropy", "brotli", "zstd" (the --codec names); a
-// pgolf::Error otherwise.
+// "auto", "context", "context+linear", "entropy", "brotli", "zstd" (the
+// --codec names); a pgolf::Error otherwise.
 ValueCoding parse_value_coding(const std::string& name);
 
 struct ArtifactWriteOptions {

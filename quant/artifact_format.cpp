@@ -103,7 +103,7 @@ uint64_t mul_sat(uint64_t a, uint64_t b) {
 }
 
 bool valid_coding(Content c, const std::string& coding) {
-  static const char* const kValues[] = {"entropy", "packed+brotli", "packed+zstd", "context"};
+  static const char* const kValues[] = {"entropy", "packed+brotli", "packed+zstd", "context", "context+linear"};
   static const char* const kBytes[] = {"none", "brotli", "zstd", "shuffle2+brotli", "shuffle2+zstd"};
   if (c == Content::Values) {
     for (const char* k : kValues)

@@ -42,7 +42,8 @@ uint32_t crc32_of(const char* data, size_t n);
 
 enum class Content { Values, Scales, Raw };
 
-// Section codings. Values: "entropy", "packed+brotli", "packed+zstd", "context".
+// Section codings. Values: "entropy", "packed+brotli", "packed+zstd", "context",
+// "context+linear".
 // Scales and raw bytes: "none", "brotli", "zstd", "shuffle2+brotli", "shuffle2+zstd".
 struct Section {
   Content content = Content::Values;

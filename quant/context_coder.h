@@ -15,6 +15,13 @@
 // adaptive counters: one under the column's spread bucket, one under the
 // spread and the column's mean (in this row's quantization steps). All model
 // arithmetic is integer, so every platform decodes the same values.
+//
+// ContextModel::Linear adds a prediction of each value from the values to its
+// left in the same row, under the column covariance of the rows above (a
+// conditional Gaussian; see LinearPredictor in the .cpp): the value is coded
+// relative to the rounded prediction. It pays on embeddings (rows = tokens,
+// with low-rank structure), not on Muon-trained matrices, and its arithmetic
+// is IEEE binary64 in a fixed order.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -22,21 +29,25 @@
 
 namespace pgolf::quant {
 
-// Whether a tensor of `count` values in `rows` rows can be context-coded (at
-// most 2^20 columns; every real weight matrix has far fewer).
-bool context_codable(uint64_t count, uint64_t rows);
+// Columns: the artifact coding "context"; Linear: "context+linear".
+enum class ContextModel { Columns, Linear };
 
-// values: rows x cols, row-major, cols <= 2^20 (context_codable); scales:
-// one fp16 bit pattern per row. bits in 2..8, every value within
+// Whether a tensor of `count` values in `rows` rows can be coded this way (at
+// most 2^20 columns, 1024 for Linear; every real weight matrix has far fewer
+// than 2^20).
+bool context_codable(uint64_t count, uint64_t rows, ContextModel how);
+
+// values: rows x cols, row-major, cols within context_codable's limit;
+// scales: one fp16 bit pattern per row. bits in 2..8, every value within
 // +-(2^(bits-1) - 1).
 std::string context_encode(const std::vector<int8_t>& values, uint64_t rows, int bits,
-                           const std::vector<uint16_t>& scales);
+                           const std::vector<uint16_t>& scales, ContextModel how);
 
 // Inverse of context_encode: exactly rows x (count / rows) values. A stream
 // that ends early or has bytes left over is a pgolf::Error naming `what`.
 // Any other bytes decode to some values within +-(2^(bits-1) - 1) (the
 // artifact's checksums catch corruption before this runs).
 std::vector<int8_t> context_decode(const std::string& bytes, uint64_t count, uint64_t rows, int bits,
-                                   const std::vector<uint16_t>& scales, const std::string& what);
+                                   const std::vector<uint16_t>& scales, ContextModel how, const std::string& what);
 
 }  // namespace pgolf::quant

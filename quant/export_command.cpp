@@ -128,7 +128,7 @@ void register_export_command(CLI::App& app) {
                   "again with --codec)")
       ->capture_default_str();
   cmd->add_option("--codec", a->codec,
-                  "with --format pgz: auto (smallest, the default), context, entropy, brotli or zstd");
+                  "with --format pgz: auto (smallest, the default), context, context+linear, entropy, brotli or zstd");
   cmd->add_option("--out", a->out, "the file to write (e.g. final_model.int6.ptz)")->required();
   cmd->add_flag("--raw", a->raw,
                 "write the torch.save archive itself, without the byte shuffle and brotli (torch.load reads it "

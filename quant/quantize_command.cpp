@@ -307,7 +307,7 @@ void register_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--block", a->block, "GPTQ block size (columns)")->capture_default_str();
   cmd->add_option("--damp", a->damp, "GPTQ damping, as a fraction of mean(diag H)")->capture_default_str();
-  cmd->add_option("--codec", a->codec, "value coding: auto (smallest), context (adaptive), entropy (static rANS), brotli or zstd (bit-packed)")
+  cmd->add_option("--codec", a->codec, "value coding: auto (smallest), context (adaptive), context+linear (adaptive, predicts embedding rows), entropy (static rANS), brotli or zstd (bit-packed)")
       ->capture_default_str();
   cmd->add_option("--cap", a->cap, "size cap in bytes for artifact + code (0 = none); over it the artifact is still "
                                    "written and the exit code is 1")

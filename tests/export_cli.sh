@@ -81,7 +81,7 @@ check "... and the same loss" test "$(json "$b_pgz" loss)" = "$(json "$b_ptz" lo
 
 # --format pgz: each coding gives the same model (bpb and loss to the last digit);
 # a trained-like tensor is not needed for that, only for the sizes.
-for c in context entropy brotli auto; do
+for c in context context+linear entropy brotli auto; do
   out=$("$PGOLF" export "$T/r.pgz" --format pgz --codec $c --out "$T/r.$c.pgz" --json 2>/dev/null)
   e=$("$PGOLF" eval --model "$T/r.$c.pgz" "${EVAL[@]}" 2>/dev/null)
   check "--format pgz --codec $c: the same bpb and loss" \
@@ -113,7 +113,7 @@ fi
 expect_error export-checkpoint "$T/m.h5: not a pgolf artifact" -- "$PGOLF" export "$T/m.h5" --out "$T/x.int6.ptz"
 expect_error export-format "--format: unknown format 'int8.ptz'" -- \
   "$PGOLF" export "$T/a.pgz" --format int8.ptz --out "$T/x.int6.ptz"
-expect_error export-codec "--codec must be auto, context, entropy, brotli or zstd, got 'lzma'" -- \
+expect_error export-codec "--codec must be auto, context, context+linear, entropy, brotli or zstd, got 'lzma'" -- \
   "$PGOLF" export "$T/a.pgz" --format pgz --codec lzma --out "$T/x.pgz"
 expect_error export-codec-format "--codec applies to --format pgz only" -- \
   "$PGOLF" export "$T/a.pgz" --codec context --out "$T/x.int6.ptz"

@@ -112,8 +112,8 @@ std::string error_of(const std::string& bytes, const ArtifactLimits& lim = {}) {
   return test::error_of([&] { decode_artifact(bytes, "a.pgz", nullptr, lim); });
 }
 
-constexpr ValueCoding kEachCoding[] = {ValueCoding::Auto, ValueCoding::Entropy, ValueCoding::PackedBrotli,
-                                       ValueCoding::PackedZstd, ValueCoding::Context};
+constexpr ValueCoding kEachCoding[] = {ValueCoding::Auto,       ValueCoding::Entropy, ValueCoding::PackedBrotli,
+                                       ValueCoding::PackedZstd, ValueCoding::Context, ValueCoding::ContextLinear};
 
 TEST(Artifact, RoundTripEachCoding) {
   const Artifact a = sample(8);
@@ -143,7 +143,7 @@ TEST(Artifact, RoundTripEachCoding) {
         EXPECT_EQ(r.kind, "quantized");
         EXPECT_EQ(r.bits, t.bits);
         EXPECT_EQ(r.raw_bytes, t.values.size() + 2 * t.scales.size());
-        const char* want[] = {nullptr, "entropy", "packed+brotli", "packed+zstd", "context"};
+        const char* want[] = {nullptr, "entropy", "packed+brotli", "packed+zstd", "context", "context+linear"};
         if (c != ValueCoding::Auto) {
           EXPECT_EQ(r.coding, want[static_cast<int>(c)]);
         }
@@ -161,9 +161,10 @@ TEST(Artifact, AutoKeepsTheSmallest) {
   Artifact a;
   a.config_json = "{}";
   a.tensors.push_back(quantized("g", {256, 256}, 6, 5, 4.0));
-  size_t sizes[5];
+  size_t sizes[6];
   int k = 0;
   for (ValueCoding c : kEachCoding) sizes[k++] = encode_artifact(a, {c}).size();
+  // 256 x 256 is not tall enough for auto to try context+linear.
   EXPECT_EQ(sizes[0], std::min({sizes[1], sizes[2], sizes[3], sizes[4]}));
   ArtifactLayout l;
   encode_artifact(a, {}, &l);
@@ -180,6 +181,39 @@ TEST(Artifact, AutoKeepsTheSmallest) {
   encode_artifact(a, {}, &l);
   EXPECT_EQ(l.tensors[0].coding, "context");
   EXPECT_LT(static_cast<double>(l.tensors[0].stored_bytes), l.tensors[0].entropy_bits / 8 * 0.97);
+}
+
+// An embedding-like tensor (rows = tokens sharing a few directions): auto
+// tries context+linear on it and keeps it; forced on a matrix over 1024
+// columns, context+linear falls back to context.
+TEST(Artifact, AutoPicksTheLinearModelOnTallLowRankMatrices) {
+  Artifact a;
+  ArtifactTensor t = quantized("emb", {1024, 64}, 8, 3, 1.0);
+  std::mt19937 rng(4);
+  std::normal_distribution<double> n(0, 1);
+  std::vector<double> basis(3 * 64);
+  for (double& b : basis) b = n(rng);
+  for (int r = 0; r < 1024; ++r) {
+    const double u[3] = {3 * n(rng), 3 * n(rng), 3 * n(rng)};
+    for (int c = 0; c < 64; ++c) {
+      const double y = u[0] * basis[c] + u[1] * basis[64 + c] + u[2] * basis[128 + c] + 4 * n(rng);
+      t.values[r * 64 + c] = static_cast<int8_t>(std::clamp(static_cast<int>(std::lround(y)), -127, 127));
+    }
+  }
+  a.tensors.push_back(t);
+  a.tensors.push_back(quantized("wide", {2, 1100}, 6, 5, 4.0));
+  ArtifactLayout l;
+  const std::string bytes = encode_artifact(a, {}, &l);
+  EXPECT_EQ(l.tensors[0].coding, "context+linear");
+  EXPECT_NE(l.tensors[1].coding, "context+linear");
+  expect_same(a, decode_artifact(bytes, "a.pgz"));
+  ArtifactLayout lc, ll;
+  encode_artifact(a, {ValueCoding::Context}, &lc);
+  const std::string forced = encode_artifact(a, {ValueCoding::ContextLinear}, &ll);
+  EXPECT_EQ(ll.tensors[0].coding, "context+linear");
+  EXPECT_EQ(ll.tensors[1].coding, "context");
+  EXPECT_LT(static_cast<double>(ll.tensors[0].stored_bytes), 0.95 * static_cast<double>(lc.tensors[0].stored_bytes));
+  expect_same(a, decode_artifact(forced, "a.pgz"));
 }
 
 TEST(Artifact, AutoSkipsTheContextCodingOverItsColumnLimit) {
@@ -207,13 +241,15 @@ std::string small_artifact(ValueCoding coding = ValueCoding::Auto) {
   a.tensors.push_back(quantized("w6", {8, 16}, 6, 1));
   a.tensors.push_back(quantized("w2", {4, 8}, 2, 2));
   a.tensors.push_back(quantized("w8", {3, 5}, 8, 3));
+  // context+linear first predicts after 32 rows: give its corruption loops a tensor past that.
+  if (coding == ValueCoding::ContextLinear) a.tensors.push_back(quantized("tall", {40, 3}, 4, 6));
   a.tensors.push_back(raw("norm", {24}, "float16", 2, 4));
   a.tensors.push_back(raw("ids", {3}, "int32", 4, 5));
   return encode_artifact(a, {coding});
 }
 
 TEST(Artifact, EveryTruncationFails) {
-  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context}) {
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context, ValueCoding::ContextLinear}) {
     const std::string good = small_artifact(c);
     ASSERT_GE(good.size(), 500u);
     ASSERT_LE(good.size(), 3000u);
@@ -228,7 +264,7 @@ TEST(Artifact, EveryTruncationFails) {
 }
 
 TEST(Artifact, EverySingleBitFlipFails) {
-  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context}) {
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context, ValueCoding::ContextLinear}) {
     const std::string good = small_artifact(c);
     std::string b = good;
     for (size_t bit = 0; bit < 8 * good.size(); ++bit) {
@@ -289,11 +325,13 @@ TEST(Artifact, StructuralChecksBehindTheChecksums) {
   expect_edit_fails(g, [](J& j) { j["tensors"][0]["bits"] = 9; }, "bits 9 is not in 2..8");
   expect_edit_fails(g, [](J& j) { j["tensors"][0]["bits"] = 1; }, "bits 1 is not in 2..8");
   // Values wider than the declared bits, from each coding.
-  for (ValueCoding c : {ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd, ValueCoding::Context}) {
+  for (ValueCoding c : {ValueCoding::Entropy, ValueCoding::PackedBrotli, ValueCoding::PackedZstd, ValueCoding::Context,
+                        ValueCoding::ContextLinear}) {
     const std::string e = small_artifact(c);
     if (c == ValueCoding::Entropy) expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "outside +-3");
     // Context: another width is another model; the stream no longer ends where it should.
-    else if (c == ValueCoding::Context) expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "context stream");
+    else if (c == ValueCoding::Context || c == ValueCoding::ContextLinear)
+      expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "context stream");
     // Packed: 8-bit bytes read as 3-bit fields are a size mismatch.
     else expect_edit_fails(e, [](J& j) { j["tensors"][2]["bits"] = 3; }, "a.pgz: tensor 'w8' values: ");
   }
@@ -391,7 +429,7 @@ TEST(Artifact, HeaderFields) {
 TEST(Artifact, ResealedFlipsNeverCrash) {
   // With checksums forged, corrupt payloads reach the decoders: any outcome
   // but a crash or a non-pgolf exception is fine.
-  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context}) {
+  for (ValueCoding c : {ValueCoding::Auto, ValueCoding::Context, ValueCoding::ContextLinear}) {
     const std::string good = small_artifact(c);
     const af::Header h = af::read_header(good);
     for (size_t byte = af::kHeaderSize + h.json_size; byte < good.size(); ++byte)
