@@ -133,8 +133,8 @@ std::string code_values_as(const ArtifactTensor& t, int which) {
 // from, and its cost grows with the columns.
 bool linear_candidate(const ArtifactTensor& t) {
   const uint64_t rows = static_cast<uint64_t>(t.shape[0]);
-  return context_codable(t.values.size(), rows, ContextModel::Linear) && rows > 0 &&
-         rows >= 4 * (t.values.size() / rows);
+  return rows > 0 && rows >= 4 * (t.values.size() / rows) &&
+         context_codable(t.values.size(), rows, ContextModel::Linear);
 }
 
 // The codings to try on quantized tensor t for `how` (indices into

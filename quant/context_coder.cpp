@@ -228,7 +228,13 @@ struct Decoder {
 class LinearPredictor {
  public:
   explicit LinearPredictor(uint64_t cols)
-      : C_(cols), s1_(cols, 0), s2_(cols * cols, 0), s2_block_(cols * cols, 0), mean_(cols, 0), l_(cols * cols, 0), acc_(cols, 0) {}
+      : C_(cols),
+        s1_(cols, 0),
+        s2_(cols * cols, 0),
+        s2_block_(cols * cols, 0),
+        mean_(cols, 0),
+        l_(cols * cols, 0),
+        acc_(cols, 0) {}
 
   // Before a row: refits when due, clears the running prediction.
   void start_row() {
@@ -263,7 +269,6 @@ class LinearPredictor {
   }
 
  private:
-  // Lower triangles are stored by column: element (i, j), i >= j, at [j C + i].
   // Moves the int32 block sums (|sum| <= 2^16 x 127^2 < 2^31) into s2_.
   void flush() {
     for (size_t k = 0; k < s2_.size(); ++k) s2_[k] += s2_block_[k], s2_block_[k] = 0;
@@ -297,10 +302,11 @@ class LinearPredictor {
   static constexpr uint64_t kBlockRows = 1 << 16;
   uint64_t C_, n_ = 0, next_fit_ = kFirstFit, block_rows_ = 0;
   bool fitted_ = false;
+  // Lower triangles (s2_, s2_block_, l_) are stored by column: element (i, j), i >= j, at [j C + i].
   std::vector<int64_t> s1_;        // [C] sum of v
-  std::vector<int64_t> s2_;        // [C][C] sum of v_i v_j, lower triangle by column
+  std::vector<int64_t> s2_;        // [C][C] sum of v_i v_j
   std::vector<int32_t> s2_block_;  // the same over the rows since the last flush
-  std::vector<double> mean_, l_, acc_;
+  std::vector<double> mean_, l_, acc_;  // [C] column means, [C][C] Cholesky factor, [C] this row's prediction
 };
 
 // ---- the row walk shared by both directions ---------------------------------------------------
