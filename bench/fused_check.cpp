@@ -276,6 +276,7 @@ int main(int argc, char** argv) {
   in.add("x", x), in.add("x0", x0), in.add("a", a), in.add("mix", mix), in.add("scale", scale);
   in.add("q", q), in.add("gain", gain), in.add("cos", cos), in.add("sin", sin), in.add("h", h);
   in.add("logits", logits), in.add("tg", tg), in.add("delta", delta);
+  in.add("y", bf(at::randn({B, T, H, hd}))), in.add("vx", bf(at::randn({B, T, KV, hd})));
   std::printf("fused kernels vs a float64 CPU reference and ATen ops on the GPU; rows %lld, d %lld\n",
               (long long)N, (long long)d);
   table_header();
@@ -297,6 +298,11 @@ int main(int argc, char** argv) {
   });
   report("relu_square", "vec", 4.0 * N * F, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::relu_square(t.at("h"), 0.5, m);
+  });
+  // XSA on the frontier's attention shape: y [B, T, H, hd], v [B, T, KV, hd].
+  const double xsa_fwd_bytes = 2.0 * B * T * (2 * H + KV) * hd, xsa_bytes = 2.0 * B * T * (5 * H + 3 * KV) * hd;
+  report("xsa", "vec, 8 lanes/group", xsa_fwd_bytes, in, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::xsa(t.at("y"), t.at("vx"), m);
   });
   report("softcap_nll", "scalar", 2.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::softcap_nll(t.at("logits"), at::Tensor(), t.at("tg"), 30.0, m);
@@ -348,6 +354,14 @@ int main(int argc, char** argv) {
     auto [y, n] = fused::add_norm(t.at("xo"), t.at("ao"), t.at("scaleo"), 1.0, eps, m);
     return at::cat({y, n}, 1);
   });
+  odd.add("y", bf(at::randn({Bs, Ts, H, hd}))), odd.add("vx", bf(at::randn({Bs, Ts, KV, hd})));
+  odd.add("yo", bf(at::randn({Bs, Ts, 2, 100}))), odd.add("vo", bf(at::randn({Bs, Ts, 1, 100})));
+  report("xsa", "vec", 2.0 * Bs * Ts * (2 * H + KV) * hd, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::xsa(t.at("y"), t.at("vx"), m);
+  }, true);
+  report("xsa hd=100", "scalar (hd%8)", 2.0 * Bs * Ts * 5 * 100, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::xsa(t.at("yo"), t.at("vo"), m);
+  });
   report("relu_square odd", "vec + scalar tail", 4.0 * (Ns + 1) * 1001, odd, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::relu_square(t.at("h_odd"), 0.5, m);
   }, true);
@@ -398,6 +412,9 @@ int main(int argc, char** argv) {
   report_grad("relu_square", 10.0 * N * F, in, {"h"}, [&](M t, at::ScalarType, at::ScalarType m) {
     return Outs{fused::relu_square(t.at("h"), 0.5, m)};
   });
+  report_grad("xsa", xsa_bytes, in, {"y", "vx"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::xsa(t.at("y"), t.at("vx"), m)};
+  });
   report_grad("softcap_nll", 6.0 * n_logits * V, in, {"logits"}, [&](M t, at::ScalarType, at::ScalarType m) {
     return Outs{fused::softcap_nll(t.at("logits"), at::Tensor(), t.at("tg"), 30.0, m)};
   });
@@ -415,6 +432,9 @@ int main(int argc, char** argv) {
   report_grad("add_norm d=100", 20.0 * Ns * d_odd, odd, {"xo", "ao", "scaleo"}, [&](M t, at::ScalarType, at::ScalarType m) {
     auto [y, n] = fused::add_norm(t.at("xo"), t.at("ao"), t.at("scaleo"), 1.0, eps, m);
     return Outs{y, n};
+  });
+  report_grad("xsa hd=100", 2.0 * Bs * Ts * 13 * 100, odd, {"yo", "vo"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::xsa(t.at("yo"), t.at("vo"), m)};
   });
   report_grad("relu_sq odd", 10.0 * (Ns + 1) * 1001, odd, {"h_odd"}, [&](M t, at::ScalarType, at::ScalarType m) {
     return Outs{fused::relu_square(t.at("h_odd"), 0.5, m)};

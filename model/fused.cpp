@@ -217,6 +217,20 @@ struct SoftcapNllFn : torch::autograd::Function<SoftcapNllFn> {
   }
 };
 
+struct XsaFn : torch::autograd::Function<XsaFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& v) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({y, v});
+    return cuda::xsa(y, v);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return {at::Tensor(), at::Tensor()};
+    const variable_list s = ctx->get_saved_variables();
+    auto [gy, gv] = cuda::xsa_backward(s[0], s[1], g[0].contiguous(), ctx->needs_input_grad(1));
+    return {ctx->needs_input_grad(0) ? gy : at::Tensor(), gv};
+  }
+};
+
 struct FlashAttentionFn : torch::autograd::Function<FlashAttentionFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t window_left) {
@@ -353,6 +367,21 @@ at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const 
   if (delta.defined()) z = z + delta.to(math);
   z = cap * at::tanh(z / cap);
   return at::logsumexp(z, -1) - z.gather(1, targets.unsqueeze(1)).squeeze(1);
+}
+
+at::Tensor xsa(const at::Tensor& y, const at::Tensor& v, at::ScalarType math) {
+  const int64_t H = y.size(2), KV = v.size(2);
+#if PGOLF_WITH_CUDA
+  if (use_kernels({y, v}) && v.scalar_type() == at::kBFloat16 && y.size(3) <= 256) {
+    const at::Tensor yc = y.contiguous(), vc = v.contiguous();
+    return records_grad({yc, vc}) ? XsaFn::apply(yc, vc) : cuda::xsa(yc, vc);
+  }
+#endif
+  const at::Tensor vf = v.to(math);
+  at::Tensor u = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
+  if (KV != H) u = u.repeat_interleave(H / KV, 2);
+  const at::Tensor yf = y.to(math);
+  return (yf - (yf * u).sum(-1, true) * u).to(y.scalar_type());
 }
 
 bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror) {

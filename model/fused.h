@@ -83,6 +83,13 @@ at::Tensor relu_square(const at::Tensor& h, double slope, at::ScalarType math);
 at::Tensor softcap_nll(const at::Tensor& logits, const at::Tensor& delta, const at::Tensor& targets, double cap,
                        at::ScalarType math);
 
+// XSA (the frontier's last n layers): y [B, Q, H, hd] attention output, v
+// [B, Q, KV, hd] the values at the same positions -> y - (y . u) u per head,
+// u = v / max(|v|, 1e-12) the unit value vector of the head's KV group, in
+// `math` (F.normalize runs in float32 under the reference's autocast),
+// rounded to y's type (the next matmul rounds it there anyway).
+at::Tensor xsa(const at::Tensor& y, const at::Tensor& v, at::ScalarType math);
+
 // Causal flash attention (CUDA bf16, libtorch >= 2.6): q [B, Q, H, hd], k/v
 // [B, T, KV, hd] with Q <= T (the queries are the last Q positions), KV
 // dividing H, at most window_left + 1 keys per query (< 0: all) -> [B, Q, H,

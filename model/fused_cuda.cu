@@ -1,10 +1,11 @@
 // CUDA kernels of model/fused.h: bf16 in and out, float32 math, each product
 // and sum rounded on its own (__fmul_rn / __fadd_rn) as the ATen reference
 // rounds it. Row kernels use one warp per row (qk_norm_rope: a group of lanes
-// per head); the sum of squares is the only place where the order of
-// operations differs from the reference. Memory-bound kernels move 8 bf16 per
-// lane in one 16-byte load / store where the row length and the pointers allow
-// it (the "vector path"), else the same arithmetic one element at a time.
+// per head; xsa: per position and KV group); the sums across a row are the
+// only place where the order of operations differs from the reference.
+// Memory-bound kernels move 8 bf16 per lane in one 16-byte load / store where
+// the row length and the pointers allow it (the "vector path"), else the same
+// arithmetic one element at a time.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -745,6 +746,104 @@ __global__ void softcap_nll_bwd_kernel(const bf16* __restrict__ logits, const bf
   }
 }
 
+// ---- XSA: out = y - (y . u) u for each head of a KV group, u = v / max(|v|,
+// 1e-12) the group's unit value vector; float32 math with each product, sum
+// and quotient rounded on its own as the reference's ATen ops round them
+// (only the order inside the two dot products differs). A team of `lanes`
+// lanes (a power of two, lanes * 8 >= hd) per (position, KV group) reads v
+// once, then the group's heads in turn; lane l holds columns [8 l, 8 l + 8).
+// kVec: 16-byte accesses (hd % 8 == 0, aligned pointers); else the same
+// arithmetic element by element.
+constexpr int kXsaThreads = 256;
+constexpr float kXsaEps = 1e-12f;
+
+__device__ __forceinline__ float team_sum(float v, int lanes) {
+  for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The lane's n columns of u; returns |v|. Every lane of the warp calls it
+// (the shuffles), n = 0 for lanes past the row or the units.
+template <bool kVec>
+__device__ __forceinline__ float xsa_unit(const bf16* v, int n, int lanes, float (&u)[8]) {
+  float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (n > 0) load8<kVec>(v, 0, n, x);
+  float ss = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    if (e < n) ss = add_sq(ss, x[e]);
+  const float norm = sqrtf(team_sum(ss, lanes));
+  const float den = fmaxf(norm, kXsaEps);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) u[e] = __fdiv_rn(x[e], den);
+  return norm;
+}
+
+// sum over the team of a[e] b[e], each product rounded.
+__device__ __forceinline__ float team_dot(const float (&a)[8], const float (&b)[8], int n, int lanes) {
+  float s = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    if (e < n) s = __fadd_rn(s, __fmul_rn(a[e], b[e]));
+  return team_sum(s, lanes);
+}
+
+template <bool kVec>
+__global__ void __launch_bounds__(kXsaThreads) xsa_kernel(const bf16* __restrict__ y, const bf16* __restrict__ v,
+                                                          bf16* __restrict__ out, unsigned units, int group, int hd,
+                                                          int lanes) {
+  const int c = ((threadIdx.x % 32) & (lanes - 1)) * 8;
+  const unsigned p = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;  // (position, KV group)
+  const int n = p < units && c < hd ? min(8, hd - c) : 0;
+  float u[8];
+  xsa_unit<kVec>(v + int64_t(p < units ? p : 0) * hd + c, n, lanes, u);
+  for (int j = 0; j < group; ++j) {
+    const int64_t i = (int64_t(p) * group + j) * hd + c;
+    float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (n > 0) load8<kVec>(y, i, n, x);
+    const float s = team_dot(x, u, n, lanes);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = __fsub_rn(x[e], __fmul_rn(s, u[e]));
+    if (n > 0) store8<kVec>(out, i, n, x);
+  }
+}
+
+// Backward for the output gradient g: gy = g - (g . u) u per head; the
+// group's gu = -sum over heads of ((g . u) y + (y . u) g), then through u =
+// v / |v|: gv = (gu - (gu . u) u) / |v| (gu / 1e-12 where the norm was
+// clamped, as clamp_min passes no gradient to the norm). gv may be null.
+template <bool kVec>
+__global__ void __launch_bounds__(kXsaThreads) xsa_bwd_kernel(const bf16* __restrict__ y, const bf16* __restrict__ v,
+                                                              const bf16* __restrict__ g, bf16* __restrict__ gy,
+                                                              bf16* __restrict__ gv, unsigned units, int group, int hd,
+                                                              int lanes) {
+  const int c = ((threadIdx.x % 32) & (lanes - 1)) * 8;
+  const unsigned p = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+  const int n = p < units && c < hd ? min(8, hd - c) : 0;
+  float u[8], gu[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const float norm = xsa_unit<kVec>(v + int64_t(p < units ? p : 0) * hd + c, n, lanes, u);
+  for (int j = 0; j < group; ++j) {
+    const int64_t i = (int64_t(p) * group + j) * hd + c;
+    float x[8] = {0, 0, 0, 0, 0, 0, 0, 0}, gg[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (n > 0) load8<kVec>(y, i, n, x), load8<kVec>(g, i, n, gg);
+    const float s = team_dot(x, u, n, lanes), t = team_dot(gg, u, n, lanes);
+    float r[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      r[e] = gg[e] - t * u[e];
+      gu[e] -= t * x[e] + s * gg[e];
+    }
+    if (n > 0) store8<kVec>(gy, i, n, r);
+  }
+  if (!gv) return;
+  const bool clamped = !(norm >= kXsaEps);
+  const float d = team_dot(gu, u, n, lanes);
+  float r[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) r[e] = clamped ? gu[e] / kXsaEps : (gu[e] - d * u[e]) / norm;
+  if (n > 0) store8<kVec>(gv, int64_t(p) * hd + c, n, r);
+}
+
 int grid_for(int64_t numel, int threads) {
   return int(std::min<int64_t>((numel + threads - 1) / threads, int64_t(132) * 32));
 }
@@ -1113,6 +1212,53 @@ at::Tensor softcap_nll_backward(const at::Tensor& logits, const at::Tensor& delt
       bp_out(gl), V, float(cap));
   check_launch();
   return gl;
+}
+
+namespace {
+
+// XSA's launch: lanes per (position, KV group) and the vector path.
+struct XsaLaunch {
+  unsigned units;
+  int group, hd, lanes, blocks;
+  bool vec;
+};
+
+XsaLaunch xsa_launch(const at::Tensor& y, const at::Tensor& v, std::initializer_list<const void*> ptrs) {
+  const int64_t hd = y.size(-1), H = y.size(-2), KV = v.size(-2), units = v.numel() / std::max<int64_t>(hd, 1);
+  TORCH_CHECK(hd <= 256 && H % KV == 0 && y.numel() == units * (H / KV) * hd, "fused xsa: unsupported shapes");
+  int lanes = 1;
+  while (lanes * 8 < hd) lanes *= 2;
+  TORCH_CHECK(units * lanes < (int64_t(1) << 31), "fused xsa: too many rows");
+  const int64_t per_block = kXsaThreads / lanes;
+  return {unsigned(units), int(H / KV), int(hd), lanes, int((units + per_block - 1) / per_block), vec_ok(hd, ptrs)};
+}
+
+}  // namespace
+
+at::Tensor xsa(const at::Tensor& y, const at::Tensor& v) {
+  const c10::cuda::CUDAGuard guard(y.device());
+  at::Tensor out = at::empty_like(y);
+  if (y.numel() == 0) return out;
+  const XsaLaunch l = xsa_launch(y, v, {y.data_ptr(), v.data_ptr(), out.data_ptr()});
+  auto kernel = l.vec ? xsa_kernel<true> : xsa_kernel<false>;
+  kernel<<<l.blocks, kXsaThreads, 0, at::cuda::getCurrentCUDAStream()>>>(bp(y), bp(v), bp_out(out), l.units, l.group,
+                                                                          l.hd, l.lanes);
+  check_launch();
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> xsa_backward(const at::Tensor& y, const at::Tensor& v, const at::Tensor& g,
+                                               bool want_gv) {
+  const c10::cuda::CUDAGuard guard(y.device());
+  at::Tensor gy = at::empty_like(y), gv = want_gv ? at::empty_like(v) : at::Tensor();
+  if (y.numel() == 0) return {gy, want_gv ? gv.zero_() : gv};
+  const XsaLaunch l = xsa_launch(y, v, {y.data_ptr(), v.data_ptr(), g.data_ptr(), gy.data_ptr(),
+                                        want_gv ? gv.data_ptr() : nullptr});
+  auto kernel = l.vec ? xsa_bwd_kernel<true> : xsa_bwd_kernel<false>;
+  kernel<<<l.blocks, kXsaThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      bp(y), bp(v), bp(g), bp_out(gy), want_gv ? bp_out(gv) : nullptr, l.units, l.group, l.hd, l.lanes);
+  check_launch();
+  return {gy, gv};
 }
 
 void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,

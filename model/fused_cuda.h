@@ -22,6 +22,10 @@ at::Tensor relu_square(const at::Tensor& h, double slope);
 std::pair<at::Tensor, at::Tensor> softcap_nll(const at::Tensor& logits, const at::Tensor& delta,
                                               const at::Tensor& targets, double cap, bool want_lse);
 
+// y [..., H, hd], v [..., KV, hd] bf16 (the same positions) -> XSA's output
+// like y (model/fused.h xsa); hd <= 256, KV dividing H.
+at::Tensor xsa(const at::Tensor& y, const at::Tensor& v);
+
 // Backward kernels. g* are the gradients of the outputs (contiguous, the
 // outputs' types); results are gradients of the inputs in their types, the
 // parameter ones float32.
@@ -48,6 +52,10 @@ at::Tensor relu_square_backward(const at::Tensor& h, const at::Tensor& g, double
 // g [n] float32 -> the gradient of the logits (and of the delta: the same values).
 at::Tensor softcap_nll_backward(const at::Tensor& logits, const at::Tensor& delta, const at::Tensor& targets,
                                 const at::Tensor& lse, const at::Tensor& g, double cap);
+
+// g like y -> (gy, gv if want_gv).
+std::pair<at::Tensor, at::Tensor> xsa_backward(const at::Tensor& y, const at::Tensor& v, const at::Tensor& g,
+                                               bool want_gv);
 
 // One Adam / AdamW step in place (model/fused.h adam_update): p, m, v float32;
 // g float32 or bf16; factors float32 [2]; mirror (optional) float32 or bf16.

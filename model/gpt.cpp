@@ -171,16 +171,8 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
                   attention_mask(c, window, keys.size(1), Q, n.device()))
             .transpose(1, 2);
   }
-  if (layer >= cfg.num_layers - cfg.xsa_last_n) {
-    // XSA: remove from each head's output its component along the unit value
-    // vector of its KV group at the same position (float32, as F.normalize
-    // runs under autocast).
-    at::Tensor vf = c.up(last_positions(v, 1, Q));
-    at::Tensor vhat = vf / at::clamp_min(vf.norm(2, -1, true), 1e-12);
-    if (KV != H) vhat = vhat.repeat_interleave(H / KV, 2);
-    at::Tensor yf = c.up(y);
-    y = yf - (yf * vhat).sum(-1, true) * vhat;
-  }
+  // XSA: each head's output without its component along its KV group's value.
+  if (layer >= cfg.num_layers - cfg.xsa_last_n) y = fused::xsa(y, last_positions(v, 1, Q), c.math);
   y = y.reshape({B, Q, H * hd});
   at::Tensor out = c.with_lora(c.linear(y, pre + "proj.weight"), y, lora_key(step, "o"));
   return c.with_lora(out, nq, lora_key(step, "o_norm"));  // 0410's O adapter reads the block's normed input

@@ -496,5 +496,56 @@ TEST_F(Cuda, FusedAdamMatchesItsOpsAndFloat64) {
   }
 }
 
+// XSA's kernels (forward, and backward through y and v) against float64 on
+// the CPU, next to the ATen ops' own bf16 result: head dims on the vector path
+// (64, 256), the scalar one (4, 100) and at an unaligned pointer, groups of
+// 1, 2 and 4 heads, and zero value vectors (the clamped norm).
+TEST_F(Cuda, XsaKernelsMatchFloat64) {
+  struct Case {
+    int64_t H, KV, hd;
+    bool offset;
+  };
+  for (const Case& k : {Case{8, 4, 64, false}, Case{2, 2, 256, false}, Case{4, 1, 64, false}, Case{4, 2, 4, false},
+                        Case{2, 1, 100, false}, Case{8, 2, 64, true}}) {
+    const int64_t B = 3, Q = 37;
+    const std::string what = "H " + std::to_string(k.H) + " KV " + std::to_string(k.KV) + " hd " + std::to_string(k.hd) +
+                             (k.offset ? " unaligned" : "");
+    // bf16 values; v rows of position 5 are zero.
+    const at::Tensor y0 = at::randn({B, Q, k.H, k.hd}).to(at::kBFloat16).to(at::kDouble);
+    at::Tensor v0 = at::randn({B, Q, k.KV, k.hd}).to(at::kBFloat16).to(at::kDouble);
+    v0.select(1, 5).zero_();
+    const at::Tensor up = at::randn({B, Q, k.H, k.hd}).to(at::kBFloat16).to(at::kDouble);
+    auto on_gpu = [&](const at::Tensor& t) {
+      const int64_t o = k.offset ? 1 : 0;
+      at::Tensor buf = at::empty({t.numel() + o}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+      return buf.narrow(0, o, t.numel()).view(t.sizes()).copy_(t).requires_grad_(true);
+    };
+    auto run = [&](bool kernels) {
+      std::optional<fused::ReferenceOnly> ref;
+      if (!kernels) ref.emplace();
+      at::Tensor y = on_gpu(y0), v = on_gpu(v0);
+      at::Tensor out = fused::xsa(y, v, at::kFloat);
+      const auto g = torch::autograd::grad({out}, {y, v}, {up.to(at::kBFloat16).cuda()});
+      return std::vector<at::Tensor>{out.detach(), g[0], g[1]};
+    };
+    at::Tensor y = y0.clone().requires_grad_(true), v = v0.clone().requires_grad_(true);
+    const at::Tensor out = fused::xsa(y, v, at::kDouble);
+    const auto g = torch::autograd::grad({out}, {y, v}, {up});
+    const std::vector<at::Tensor> ref = {out.detach(), g[0], g[1]};
+    const std::vector<at::Tensor> kern = run(true), aten = run(false);
+    const char* names[] = {"out", "grad y", "grad v"};
+    for (size_t i = 0; i < 3; ++i) {
+      const at::Tensor r = ref[i], a = aten[i].cpu().to(at::kDouble), x = kern[i].cpu().to(at::kDouble);
+      const double ek = (x - r).abs().max().item<double>(), ea = (a - r).abs().max().item<double>();
+      EXPECT_EQ(kern[i].scalar_type(), at::kBFloat16) << what << " " << names[i];
+      EXPECT_LE(ek, 1.5 * ea + 1e-6) << what << " " << names[i] << ": kernel " << ek << ", ATen " << ea;
+      EXPECT_LE(ek, 2e-2 * r.abs().max().item<double>() + 1e-6) << what << " " << names[i];
+    }
+    // The forward rounds as the ATen ops do: equal but for a rare last bit.
+    EXPECT_LT(kern[0].ne(aten[0]).to(at::kDouble).mean().item<double>(), 0.01) << what;
+    EXPECT_TRUE(kern[0].select(1, 5).equal(y0.select(1, 5).to(at::kBFloat16).cuda())) << what << ": zero v";
+  }
+}
+
 }  // namespace
 }  // namespace pgolf::test
