@@ -399,15 +399,23 @@ bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& 
 }
 
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& factors,
-                 const AdamConfig& c, const at::Tensor& mirror) {
+                 const AdamConfig& c, const at::Tensor& mirror, const FlatParts* parts) {
 #if PGOLF_WITH_CUDA
   if (!adam_available(p, g, mirror) || !m.is_contiguous() || !v.is_contiguous() || m.numel() != p.numel() ||
       v.numel() != p.numel() || factors.scalar_type() != at::kFloat || factors.numel() != 2)
     throw std::invalid_argument("fused::adam_update: unsupported tensors");
+  if (parts) {
+    for (const auto& [start, length] : parts->host)
+      if (start < 0 || length < 0 || start + length > p.numel())
+        throw std::invalid_argument("fused::adam_update: a part outside the tensor");
+    if (parts->device.scalar_type() != at::kLong || parts->device.device() != p.device() ||
+        parts->device.numel() != 2 * int64_t(parts->host.size()))
+      throw std::invalid_argument("fused::adam_update: parts do not match their device copy");
+  }
   cuda::adam_update(p, g, m, v, factors.contiguous(), c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled,
-                    mirror);
+                    mirror, parts);
 #else
-  (void)p, (void)g, (void)m, (void)v, (void)factors, (void)c, (void)mirror;
+  (void)p, (void)g, (void)m, (void)v, (void)factors, (void)c, (void)mirror, (void)parts;
   throw std::logic_error("fused::adam_update: not a CUDA build");
 #endif
 }

@@ -21,8 +21,10 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 namespace pgolf {
 
@@ -30,6 +32,14 @@ namespace pgolf {
 struct AdamConfig {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   bool decoupled = false;  // AdamW
+};
+
+// Parts of a flat tensor: (start, length) pairs in elements, ascending and
+// disjoint, on the host and as an int64 [n, 2] tensor on the tensor's device
+// (a CUDA graph that replays an update reads that one).
+struct FlatParts {
+  std::vector<std::pair<int64_t, int64_t>> host;
+  at::Tensor device;
 };
 
 }  // namespace pgolf
@@ -110,10 +120,11 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 // tensors, g float32 or bf16, factors float32 [2] = (-lr / (1 - b1^t),
 // sqrt(1 - b2^t)) on the device, mirror (optional, float32 or bf16) receives
 // the new p. One pass over the memory where the ATen ops make about 24.
+// parts (optional): only those elements are read and written.
 // adam_available: a CUDA build, no ReferenceOnly in scope, and tensors of
 // those types, contiguous, of one size on one device.
 bool adam_available(const at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror);
 void adam_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& factors,
-                 const AdamConfig& c, const at::Tensor& mirror);
+                 const AdamConfig& c, const at::Tensor& mirror, const FlatParts* parts = nullptr);
 
 }  // namespace pgolf::fused

@@ -880,12 +880,20 @@ __device__ __forceinline__ void st_mirror(float* o, int64_t i, float v) { o[i] =
 __device__ __forceinline__ void st_mirror(bf16* o, int64_t i, float v) { o[i] = __float2bfloat16_rn(v); }
 
 // kVec: four elements per access (float4 for p, m, v; the gradient and the
-// mirror as their 4-element words), every pointer 16-byte aligned.
+// mirror as their 4-element words), every pointer 16-byte aligned. parts
+// (optional): blockIdx.y's (start, length) pair is the range this block works
+// on; else all n elements.
 template <typename G, typename M, bool kVec>
 __global__ void adam_kernel(float* __restrict__ p, const G* __restrict__ g, float* __restrict__ m,
                             float* __restrict__ v, M* __restrict__ mirror, const float* __restrict__ f, int64_t n,
-                            AdamArgs a) {
+                            const int64_t* __restrict__ parts, AdamArgs a) {
   const float f0 = f[0], f1 = f[1];
+  if (parts) {
+    const int64_t start = parts[2 * blockIdx.y];
+    n = parts[2 * blockIdx.y + 1];
+    p += start, g += start, m += start, v += start;
+    if (mirror) mirror += start;
+  }
   const int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t nvec = kVec ? n / 4 : 0;
   for (int64_t k = i0; k < nvec; k += stride) {
@@ -917,12 +925,12 @@ __global__ void adam_kernel(float* __restrict__ p, const G* __restrict__ g, floa
 }
 
 template <typename G, typename M>
-void launch_adam(bool vec, int grid, cudaStream_t stream, float* p, const G* g, float* m, float* v, M* mirror,
-                 const float* f, int64_t n, const AdamArgs& a) {
+void launch_adam(bool vec, dim3 grid, cudaStream_t stream, float* p, const G* g, float* m, float* v, M* mirror,
+                 const float* f, int64_t n, const int64_t* parts, const AdamArgs& a) {
   if (vec)
-    adam_kernel<G, M, true><<<grid, 256, 0, stream>>>(p, g, m, v, mirror, f, n, a);
+    adam_kernel<G, M, true><<<grid, 256, 0, stream>>>(p, g, m, v, mirror, f, n, parts, a);
   else
-    adam_kernel<G, M, false><<<grid, 256, 0, stream>>>(p, g, m, v, mirror, f, n, a);
+    adam_kernel<G, M, false><<<grid, 256, 0, stream>>>(p, g, m, v, mirror, f, n, parts, a);
 }
 
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
@@ -1263,10 +1271,10 @@ std::pair<at::Tensor, at::Tensor> xsa_backward(const at::Tensor& y, const at::Te
 
 void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
                  const at::Tensor& factors, double lr, double beta1, double beta2, double eps, double weight_decay,
-                 bool decoupled, const at::Tensor& mirror) {
+                 bool decoupled, const at::Tensor& mirror, const FlatParts* parts) {
   const c10::cuda::CUDAGuard guard(p.device());
   const int64_t n = p.numel();
-  if (n == 0) return;
+  if (n == 0 || (parts && parts->host.empty())) return;
   AdamArgs a;
   a.decay = decoupled && weight_decay != 0.0 ? float(1.0 - lr * weight_decay) : 1.0f;
   a.l2 = decoupled ? 0.0f : float(weight_decay);
@@ -1274,9 +1282,23 @@ void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, 
   a.b2 = float(beta2);
   a.c2 = float(1.0 - beta2);
   a.eps = float(eps);
-  const bool vec = vec_ok(8, {p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
-                              mirror.defined() ? mirror.data_ptr() : nullptr});
-  const int grid = grid_for(vec ? n / 4 + n % 4 : n, 256);
+  bool vec = vec_ok(8, {p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
+                        mirror.defined() ? mirror.data_ptr() : nullptr});
+  // Parts: a row of blocks each, sized for four times the average part (the
+  // longer ones loop), so that short parts do not launch idle blocks.
+  int64_t work = n;
+  if (parts) {
+    TORCH_CHECK(parts->host.size() < 65536, "fused adam: too many parts");
+    int64_t total = 0, longest = 0;
+    for (const auto& [start, length] : parts->host) {
+      total += length;
+      longest = std::max(longest, length);
+      vec = vec && start % 4 == 0;  // every part's float4s stay aligned
+    }
+    work = std::min(longest, 4 * (total / int64_t(parts->host.size()) + 1));
+  }
+  const dim3 grid(unsigned(grid_for(vec ? work / 4 + work % 4 : work, 256)), parts ? unsigned(parts->host.size()) : 1u);
+  const int64_t* pp_parts = parts ? parts->device.data_ptr<int64_t>() : nullptr;
   auto stream = at::cuda::getCurrentCUDAStream();
   float* pp = p.data_ptr<float>();
   float* mp = m.data_ptr<float>();
@@ -1285,9 +1307,9 @@ void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, 
   // The kernel for the gradient's and the mirror's types (a null bf16 mirror when there is none).
   auto launch = [&](auto* out) {
     if (g.scalar_type() == at::kBFloat16)
-      launch_adam(vec, grid, stream, pp, bp(g), mp, vp, out, fp, n, a);
+      launch_adam(vec, grid, stream, pp, bp(g), mp, vp, out, fp, n, pp_parts, a);
     else
-      launch_adam(vec, grid, stream, pp, g.data_ptr<float>(), mp, vp, out, fp, n, a);
+      launch_adam(vec, grid, stream, pp, g.data_ptr<float>(), mp, vp, out, fp, n, pp_parts, a);
   };
   at::Tensor mo = mirror;
   if (!mo.defined())

@@ -6,6 +6,8 @@
 
 #include <utility>
 
+#include "model/fused.h"  // FlatParts
+
 namespace pgolf::fused::cuda {
 
 at::Tensor rms_norm(const at::Tensor& x, double factor, double eps);  // x bf16 or float32
@@ -58,9 +60,10 @@ std::pair<at::Tensor, at::Tensor> xsa_backward(const at::Tensor& y, const at::Te
                                                bool want_gv);
 
 // One Adam / AdamW step in place (model/fused.h adam_update): p, m, v float32;
-// g float32 or bf16; factors float32 [2]; mirror (optional) float32 or bf16.
+// g float32 or bf16; factors float32 [2]; mirror (optional) float32 or bf16;
+// parts (optional, checked): only those elements.
 void adam_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
                  const at::Tensor& factors, double lr, double beta1, double beta2, double eps, double weight_decay,
-                 bool decoupled, const at::Tensor& mirror);
+                 bool decoupled, const at::Tensor& mirror, const FlatParts* parts);
 
 }  // namespace pgolf::fused::cuda

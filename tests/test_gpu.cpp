@@ -496,6 +496,41 @@ TEST_F(Cuda, FusedAdamMatchesItsOpsAndFloat64) {
   }
 }
 
+// The fused Adam over parts of the flat tensors (TTT's trained rows): on the
+// parts the same bits as the whole update, elsewhere nothing written -- with
+// aligned parts (vector path) and with one unaligned start (scalar path).
+TEST_F(Cuda, FusedAdamOverPartsUpdatesOnlyThem) {
+  const int64_t n = (int64_t(1) << 20) + 13;
+  for (const bool aligned : {true, false}) {
+    FlatParts parts;
+    parts.host = {{0, 1000}, {4096, 70001}, {aligned ? 500004 : 500003, 3}, {n - 9, 9}};
+    std::vector<int64_t> flat;
+    for (const auto& [start, length] : parts.host) flat.push_back(start), flat.push_back(length);
+    parts.device = at::tensor(flat, at::kLong).view({-1, 2}).cuda();
+    const AdamConfig cfg{1e-4, 0.0, 0.999, 1e-10, 0.5, true};
+    const at::Tensor p0 = at::randn({n}).cuda() * 0.05, g = (at::randn({n}) * 1e-3).to(at::kBFloat16).cuda();
+    auto run = [&](const FlatParts* pp) {
+      at::Tensor p = p0.clone(), mirror = p0.to(at::kBFloat16);
+      FlatAdam adam(cfg);
+      adam.reset(p);
+      for (int t = 0; t < 2; ++t) {
+        adam.prepare();
+        adam.apply(p, g, mirror, pp);
+      }
+      return std::make_pair(p, mirror);
+    };
+    const auto [pw, mw] = run(nullptr);
+    const auto [pp, mp] = run(&parts);
+    at::Tensor in = at::zeros({n}, at::TensorOptions().dtype(at::kBool).device(at::kCUDA));
+    for (const auto& [start, length] : parts.host) in.narrow(0, start, length).fill_(true);
+    const at::Tensor out = in.logical_not();
+    EXPECT_TRUE(at::equal(pp.masked_select(in), pw.masked_select(in))) << aligned;
+    EXPECT_TRUE(at::equal(mp.masked_select(in), mw.masked_select(in))) << aligned;
+    EXPECT_TRUE(at::equal(pp.masked_select(out), p0.masked_select(out))) << aligned;
+    EXPECT_TRUE(at::equal(mp.masked_select(out), p0.to(at::kBFloat16).masked_select(out))) << aligned;
+  }
+}
+
 // XSA's kernels (forward, and backward through y and v) against float64 on
 // the CPU, next to the ATen ops' own bf16 result: head dims on the vector path
 // (64, 256), the scalar one (4, 100) and at an unaligned pointer, groups of

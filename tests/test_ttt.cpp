@@ -240,6 +240,49 @@ TEST(TttAdapters, GradientsLandInTheFlatBufferRows) {
   EXPECT_EQ(a.grad().abs().sum().item<double>(), 0.0);
 }
 
+// row_parts(first, count): exactly the elements of the leaves of those rows,
+// merged where contiguous; Adam over them updates those elements as the
+// whole-buffer update does and leaves every other element (and its moments)
+// as it was.
+TEST(TttAdapters, RowPartsAreTheRowsAndAdamUpdatesOnlyThem) {
+  const std::vector<LoraSiteSpec> sites = {{"q", 6, 6}, {"v", 6, 3}, {"head", 6, 10}};
+  BatchAdapters a(sites, 5, 2, at::kDouble, at::kCPU);
+  for (const auto& [first, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 5}, {1, 2}, {4, 1}, {0, 1}, {2, 3}}) {
+    const FlatParts& parts = a.row_parts(first, count);
+    EXPECT_EQ(&parts, &a.row_parts(first, count));  // made once
+    at::Tensor covered = at::zeros_like(a.params());
+    for (const auto& [start, length] : parts.host) covered.narrow(0, start, length).add_(1.0);
+    std::vector<int64_t> flat;
+    for (const auto& [start, length] : parts.host) flat.push_back(start), flat.push_back(length);
+    EXPECT_TRUE(at::equal(parts.device, at::tensor(flat, at::kLong).view({-1, 2})));
+    a.params().zero_();
+    for (const auto& [key, ad] : a.views(first, count).adapters) ad.A.detach().fill_(1.0), ad.B.detach().fill_(1.0);
+    EXPECT_TRUE(at::equal(covered, a.params())) << first << " " << count;
+    if (count == 5) EXPECT_EQ(parts.host.size(), 1u);  // every row: one part, the whole buffer
+  }
+  EXPECT_NE(error_of([&] { a.row_parts(4, 2); }).find("out of range"), std::string::npos);
+  // Two steps of Adam over rows 1-2 against two over everything.
+  for (const bool decoupled : {false, true}) {
+    const AdamConfig cfg{0.05, 0.9, 0.95, 1e-10, 0.1, decoupled};
+    a.reset(7, {0, 1, 2, 3, 4});
+    const at::Tensor p0 = a.params().clone(), g = at::randn_like(p0);
+    const FlatParts& parts = a.row_parts(1, 2);
+    at::Tensor whole = p0.clone(), some = p0.clone();
+    FlatAdam all(cfg), rows(cfg);
+    all.reset(whole), rows.reset(some);
+    for (int t = 0; t < 2; ++t) {
+      all.prepare(), rows.prepare();
+      all.apply(whole, g);
+      rows.apply(some, g, {}, &parts);
+    }
+    at::Tensor in = at::zeros_like(p0, at::kBool);
+    for (const auto& [start, length] : parts.host) in.narrow(0, start, length).fill_(true);
+    EXPECT_TRUE(at::equal(some.masked_select(in), whole.masked_select(in))) << decoupled;
+    EXPECT_TRUE(at::equal(some.masked_select(in.logical_not()), p0.masked_select(in.logical_not()))) << decoupled;
+    EXPECT_FALSE(at::equal(some, p0)) << decoupled;
+  }
+}
+
 // With a narrower compute type (bf16 under bf16 activations) the leaves are
 // a copy of the float32 parameters in that type, their gradients are in it,
 // and the optimizer updates the float32 parameters from them and refreshes

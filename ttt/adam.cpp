@@ -35,12 +35,25 @@ void FlatAdam::prepare() {
     factors_.copy_(host);
 }
 
-void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad, const at::Tensor& mirror) {
+void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad, const at::Tensor& mirror, const FlatParts* parts) {
   c10::NoGradGuard no_grad;
   if (fused::adam_available(p, grad, mirror)) {
-    fused::adam_update(p, grad, m_, v_, factors_, c_, mirror);
+    fused::adam_update(p, grad, m_, v_, factors_, c_, mirror, parts);
     return;
   }
+  if (!parts) {
+    update(p, grad, m_, v_, mirror);
+    return;
+  }
+  for (const auto& [start, length] : parts->host) {
+    if (start < 0 || length < 0 || start + length > p.numel()) throw Error("adam: a part outside the parameters");
+    at::Tensor ps = p.narrow(0, start, length), ms = m_.narrow(0, start, length), vs = v_.narrow(0, start, length);
+    update(ps, grad.narrow(0, start, length), ms, vs, mirror.defined() ? mirror.narrow(0, start, length) : mirror);
+  }
+}
+
+void FlatAdam::update(at::Tensor& p, const at::Tensor& grad, at::Tensor& m, at::Tensor& v,
+                      const at::Tensor& mirror) const {
   at::Tensor g = grad.to(p.scalar_type());
   if (c_.weight_decay != 0.0) {
     if (c_.decoupled)
@@ -48,10 +61,10 @@ void FlatAdam::apply(at::Tensor& p, const at::Tensor& grad, const at::Tensor& mi
     else
       g = g + c_.weight_decay * p;
   }
-  m_.lerp_(g, 1.0 - c_.beta1);
-  v_.mul_(c_.beta2).addcmul_(g, g, 1.0 - c_.beta2);
-  at::Tensor denom = (v_.sqrt() / factors_.select(0, 1)).add_(c_.eps);
-  p.add_(m_ / denom * factors_.select(0, 0));
+  m.lerp_(g, 1.0 - c_.beta1);
+  v.mul_(c_.beta2).addcmul_(g, g, 1.0 - c_.beta2);
+  at::Tensor denom = (v.sqrt() / factors_.select(0, 1)).add_(c_.eps);
+  p.add_(m / denom * factors_.select(0, 0));
   if (mirror.defined()) mirror.copy_(p);
 }
 

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "model/fused.h"  // AdamConfig (its fused update takes it too)
+#include "model/fused.h"  // AdamConfig, FlatParts (its fused update takes them too)
 
 namespace pgolf {
 
@@ -28,8 +28,9 @@ class FlatAdam {
   // The update of p in place from gradient g (p's type, or a narrower one:
   // read as p's) with the prepared step's factors (device ops only, no
   // autograd recording); mirror, when defined, receives the new p in its own
-  // type (BatchAdapters::mirror).
-  void apply(at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror = {});
+  // type (BatchAdapters::mirror). parts (optional): only those elements are
+  // updated (BatchAdapters::row_parts: the rows a step trains).
+  void apply(at::Tensor& p, const at::Tensor& g, const at::Tensor& mirror = {}, const FlatParts* parts = nullptr);
   // prepare() then apply().
   void step(at::Tensor& p, const at::Tensor& g) {
     prepare();
@@ -38,6 +39,9 @@ class FlatAdam {
   int64_t steps() const { return t_; }
 
  private:
+  // The ATen ops' update of p from grad with moments m, v (views of m_, v_).
+  void update(at::Tensor& p, const at::Tensor& grad, at::Tensor& m, at::Tensor& v, const at::Tensor& mirror) const;
+
   AdamConfig c_;
   at::Tensor m_, v_;
   at::Tensor factors_;  // [2] like p: -lr / (1 - b1^t), sqrt(1 - b2^t)

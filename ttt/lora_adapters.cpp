@@ -192,6 +192,25 @@ LoraSet BatchAdapters::views(int64_t first, int64_t count) const {
   return set;
 }
 
+const FlatParts& BatchAdapters::row_parts(int64_t first, int64_t count) const {
+  if (first < 0 || count < 1 || first + count > rows_) throw Error("ttt: adapter rows out of range");
+  FlatParts& parts = range_parts_[{first, count}];
+  if (!parts.host.empty()) return parts;
+  auto add = [&](int64_t off, int64_t per_row) {
+    const int64_t start = off + first * per_row, length = count * per_row;
+    if (!parts.host.empty() && parts.host.back().first + parts.host.back().second == start)
+      parts.host.back().second += length;  // contiguous with the last: one part
+    else
+      parts.host.emplace_back(start, length);
+  };
+  for (size_t k = 0; k < sites_.size(); ++k) add(a_offsets_[k], rank_ * sites_[k].in);
+  for (size_t k = 0; k < sites_.size(); ++k) add(b_offsets_[k], sites_[k].out * rank_);
+  std::vector<int64_t> flat;
+  for (const auto& [start, length] : parts.host) flat.push_back(start), flat.push_back(length);
+  parts.device = to_device(at::tensor(flat, at::kLong).view({-1, 2}), params_.device());
+  return parts;
+}
+
 LoraSet BatchAdapters::views(const at::Tensor& rows) const {
   LoraSet set = leaves_;
   for (auto& [key, a] : set.adapters) {

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/fused.h"  // FlatParts
 #include "model/gpt.h"
 
 namespace pgolf {
@@ -76,6 +77,12 @@ class BatchAdapters {
   // The rows `rows` lists (int64 [n] on the buffer's device): differentiable
   // copies (gradients flow back to those rows).
   LoraSet views(const at::Tensor& rows) const;
+  // Where rows [first, first + count) of every site lie in the flat buffer
+  // (made once per range): the optimizer updates only the rows a step
+  // trained -- the others belong to finished documents, whose scores are
+  // final -- where the whole buffer would cost a step of one row as much as
+  // one of every row.
+  const FlatParts& row_parts(int64_t first, int64_t count) const;
   // The flat parameters [total] (dtype) and gradient [total] (the compute
   // type), in place: graphs and the optimizer hold them. Backward adds into
   // grad(); zero it first. mirror(): the leaves' copy of the parameters when
@@ -99,6 +106,7 @@ class BatchAdapters {
   LoraSet make_leaves(int64_t first, int64_t count) const;
   LoraSet leaves_;
   mutable std::map<std::pair<int64_t, int64_t>, LoraSet> range_leaves_;  // by (first, count)
+  mutable std::map<std::pair<int64_t, int64_t>, FlatParts> range_parts_;  // by (first, count)
 };
 
 }  // namespace pgolf

@@ -140,7 +140,8 @@ TttStepScores TttStepRunner::step(const TttStepShape& sh, const TttStepInputs& b
     (nll.narrow(1, sh.width - C, C).mean(1) * b.train_weight).sum().backward();
     nll = at::Tensor();  // frees the graph's activations before the update
     if (timed) seconds_.backward += t.lap();
-    adam_->apply(adapters_->params(), adapters_->grad(), adapters_->mirror());
+    adam_->apply(adapters_->params(), adapters_->grad(), adapters_->mirror(),
+                 sh.first_row >= 0 ? &adapters_->row_parts(sh.first_row, sh.rows) : nullptr);
     if (timed) seconds_.update += t.lap();
   }
   return out;
@@ -171,6 +172,7 @@ void TttStepRunner::choose_candidates() {
     if (buffers_.empty() || size(shape) > size(largest_)) largest_ = shape;
     scored(shape.rows, shape.width);
     buffers_[shape] = placeholder_inputs(shape, device_);
+    if (shape.update && shape.first_row >= 0) adapters_->row_parts(shape.first_row, shape.rows);
   }
 }
 
@@ -297,6 +299,7 @@ void TttStepRunner::capture(const TttStepShape& sh) {
   LapTimer t;
   auto g = std::make_unique<Graph>();
   g->in = buffers_.at(sh);
+  if (sh.update && sh.first_row >= 0) adapters_->row_parts(sh.first_row, sh.rows);  // its copy, outside the capture
   if (graph_.empty())
     g->graph.capture_begin();
   else
