@@ -5,9 +5,24 @@
 #include <exception>
 #include <malloc.h>
 
+#include <c10/util/Exception.h>
+
+#include <string>
+
 #include "cli/command.h"
 #include "data/error.h"
 #include "model/distributed.h"
+
+namespace {
+
+// The first line of a message (libtorch's run over several).
+std::string one_line(const char* what) {
+  std::string s = what;
+  const size_t nl = s.find_first_of("\r\n");
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // Tensors of tens of MB are allocated and freed every step; keep them in the
@@ -40,6 +55,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pgolf: error: %s%s\n", pgolf::rank_label().c_str(), msg.c_str());
     pgolf::abort_ranks(msg, 1);
     return 1;
+  } catch (const c10::OutOfMemoryError& e) {
+    // The job does not fit the device: the user's to change, not a bug.
+    const std::string msg = "out of device memory (a smaller --batch-tokens, or --grad-accum for training, needs less): " +
+                            one_line(e.what_without_backtrace());
+    std::fprintf(stderr, "pgolf: error: %s%s\n", pgolf::rank_label().c_str(), msg.c_str());
+    pgolf::abort_ranks(msg, 1);
+    return 1;
+  } catch (const c10::Error& e) {
+    // libtorch's what() carries a C++ backtrace: the message alone.
+    const std::string msg = one_line(e.what_without_backtrace());
+    std::fprintf(stderr, "pgolf: internal error: %s%s\n", pgolf::rank_label().c_str(), msg.c_str());
+    pgolf::abort_ranks(msg, 3);
+    return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pgolf: internal error: %s%s\n", pgolf::rank_label().c_str(), e.what());
     pgolf::abort_ranks(e.what(), 3);

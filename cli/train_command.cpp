@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 
 #include "cli/command.h"
@@ -21,6 +23,16 @@
 namespace pgolf {
 
 namespace {
+
+// SIGINT / SIGTERM: finish the step, validate and save, then exit; a second
+// signal ends the process at once (the handler restores the default).
+std::atomic<bool> stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+extern "C" void request_stop(int sig) {
+  stop_requested.store(true);
+  std::signal(sig, SIG_DFL);
+}
 
 struct TrainArgs {
   ModelSource src;  // path: optional checkpoint to continue from
@@ -88,6 +100,9 @@ void run_train(TrainArgs& a) {
                  (long long)a.opt.iterations, (long long)a.opt.batch_tokens, w.config.train_seq_len,
                  cuda ? rt.device_name.c_str() : "cpu", mode);
   const uint16_t bos = uint16_t(tok.bos_id());
+  a.opt.stop = &stop_requested;
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
   const Precision eval_precision = cuda ? Precision::BF16 : Precision::F32;
   nlohmann::json history = nlohmann::json::array();
   double first_loss = 0, last_loss = 0;
@@ -112,6 +127,10 @@ void run_train(TrainArgs& a) {
     }
     return true;
   });
+  const bool interrupted = stop_requested.load();
+  if (interrupted && root)
+    std::fprintf(stderr, "train: interrupted after step %lld: validating and saving (a second signal stops at once)\n",
+                 (long long)steps);
   EvalResult r = validate(w, val, bc, eval_precision, bos);
   if (!root) return;
   std::fprintf(stderr, "%lld/%lld val_loss: %.4f val_bpb: %.4f\n", (long long)steps, (long long)a.opt.iterations,
@@ -131,6 +150,9 @@ void run_train(TrainArgs& a) {
                                         {"val_loss", r.loss()},
                                         {"val_bpb", r.bpb()},
                                         {"val_history", history},
+                                        {"interrupted", interrupted},
+                                        {"grad_accum", a.opt.grad_accum},
+                                        {"ema_decay", a.opt.ema_decay},
                                         {"ranks", rk.world},
                                         {"allreduce", !rk.multi()              ? "none"
                                                       : a.opt.overlap_allreduce ? "overlap"
@@ -164,6 +186,12 @@ void register_train_command(CLI::App& app) {
   cmd->add_option("--scalar-lr", a->opt.scalar_lr, "Adam learning rate of control tensors")->capture_default_str();
   cmd->add_option("--tied-embed-lr", a->opt.tied_embed_lr, "Adam learning rate of the tied embedding")->capture_default_str();
   cmd->add_option("--grad-clip-norm", a->opt.grad_clip_norm, "clip the global gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--grad-accum", a->opt.grad_accum,
+                  "micro-batches per step: each rank's rows in this many passes, gradients summed (less memory)")
+      ->capture_default_str();
+  cmd->add_option("--ema-decay", a->opt.ema_decay,
+                  "keep an EMA of the weights with this decay (the frontier's 0.997) and save it (0 = off)")
+      ->capture_default_str();
   cmd->add_option("--enable-looping-at", a->opt.enable_looping_at,
                   "depth recurrence from this fraction of the run on (the frontier's enable_looping_at)")
       ->capture_default_str();

@@ -160,6 +160,29 @@ at::Tensor newton_schulz_orthogonalize(const at::Tensor& g, int steps) {
   return transposed ? x.t() : x;
 }
 
+at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const at::Tensor& y, const ForwardOptions& fo,
+                                int64_t passes, const std::function<void(const at::Tensor&)>& before_last_backward) {
+  // Rows [a, b) per pass, each loss weighted by its share of the rows, so the
+  // summed gradient is that of the mean over all of them.
+  const int64_t rows = x.size(0);
+  if (passes < 1 || passes > rows) throw Error("train: cannot split " + std::to_string(rows) + " rows into " +
+                                               std::to_string(passes) + " passes");
+  at::Tensor mean;  // float64, on the device
+  for (int64_t k = 0; k < passes; ++k) {
+    const auto [a, b] = even_split(uint64_t(rows), int(k), int(passes));
+    const double share = double(b - a) / double(rows);
+    const at::Tensor xk = passes == 1 ? x : x.narrow(0, int64_t(a), int64_t(b - a));
+    const at::Tensor yk = passes == 1 ? y : y.narrow(0, int64_t(a), int64_t(b - a));
+    at::Tensor loss = forward_nll(w, xk, yk, fo).mean();
+    const at::Tensor part = loss.detach().to(at::kDouble) * share;
+    mean = mean.defined() ? mean + part : part;
+    if (passes > 1) loss = loss * share;
+    if (k + 1 == passes && before_last_backward) before_last_backward(mean);
+    loss.backward();
+  }
+  return mean;
+}
+
 void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
                const std::function<bool(const TrainStep&)>& on_step) {
   const ModelConfig& cfg = w.config;
@@ -168,6 +191,8 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     throw Error("train: --batch-tokens must be a positive multiple of the sequence length " + std::to_string(L));
   if (o.iterations <= 0) throw Error("train: --iterations must be positive");
   if (!(o.allreduce_bucket_mb > 0)) throw Error("train: --allreduce-bucket-mb must be positive");
+  if (o.grad_accum < 1) throw Error("train: --grad-accum must be at least 1");
+  if (!(o.ema_decay >= 0 && o.ema_decay < 1)) throw Error("train: --ema-decay must be in [0, 1)");
   // This rank's rows of every step's batch (all of them on a single rank).
   const int64_t rows = o.batch_tokens / L;
   if (rows < o.world)
@@ -175,6 +200,9 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
                 " tokens for " + std::to_string(o.world) + " ranks: each rank needs at least one row");
   const auto [row_begin, row_end] = even_split(uint64_t(rows), o.rank, o.world);
   const int64_t my_tokens = int64_t(row_end - row_begin) * L;
+  if (int64_t(row_end - row_begin) < o.grad_accum)
+    throw Error("train: --grad-accum " + std::to_string(o.grad_accum) + " needs at least that many rows of " +
+                std::to_string(L) + " tokens per rank; this rank has " + std::to_string(row_end - row_begin));
   const double weight = double(my_tokens) / double(o.batch_tokens);  // this rank's share of the mean loss
   const bool multi = o.world > 1;
   at::manual_seed(o.seed);
@@ -196,6 +224,9 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     buckets->broadcast_params();  // every rank starts from rank 0's weights
     reducer = make_reducer(w, o);
   }
+  std::map<std::string, at::Tensor> ema;  // float32, like the parameters
+  if (o.ema_decay > 0)
+    for (const auto& [n, t] : w.tensors) ema[n] = t.detach().clone();
   for (const std::string& n : muon_names) momentum[n] = at::zeros_like(w.tensors[n]);
   for (const std::string& n : adam_names) adam[n] = {at::zeros_like(w.tensors[n]), at::zeros_like(w.tensors[n])};
   auto adam_lr = [&](const std::string& n) {
@@ -211,13 +242,17 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   fo.precision = o.precision;
   for (int64_t step = 1; step <= o.iterations; ++step) {
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (multi && o.max_seconds > 0) {
-      // Rank 0's clock for every rank: the warmdown, looping and the stop agree.
-      std::vector<double> t = {o.rank == 0 ? elapsed : 0.0};
+    bool stop = o.stop && o.stop->load();
+    if (multi && (o.max_seconds > 0 || o.stop)) {
+      // Rank 0's clock for every rank: the warmdown, looping and the stop
+      // agree; so does a stop request, from whichever rank got it.
+      std::vector<double> t = {o.rank == 0 ? elapsed : 0.0, stop ? 1.0 : 0.0};
       all_reduce_sum(t);
       elapsed = t[0];
-      if (step > 1 && elapsed >= o.max_seconds) break;
+      stop = t[1] > 0;
+      if (o.max_seconds > 0 && step > 1 && elapsed >= o.max_seconds) break;
     }
+    if (stop) break;
     // Linear warmdown over the last warmdown_iters steps (or the matching share of the time cap).
     double lr_mult = 1.0;
     if (o.warmdown_iters > 0) {
@@ -235,24 +270,18 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     at::Tensor buf = at::empty({my_tokens + 1}, at::kLong);
     auto pb = buf.accessor<int64_t, 1>();
     for (int64_t i = 0; i <= my_tokens; ++i) pb[i] = span[first + size_t(i)];
-    at::Tensor x = buf.narrow(0, 0, my_tokens).view({-1, L}).to(device);
-    at::Tensor y = buf.narrow(0, 1, my_tokens).view({-1, L}).to(device);
+    const at::Tensor x_all = buf.narrow(0, 0, my_tokens).view({-1, L}).to(device);
+    const at::Tensor y_all = buf.narrow(0, 1, my_tokens).view({-1, L}).to(device);
 
     const double progress = o.max_seconds > 0 ? elapsed / o.max_seconds : double(step - 1) / double(o.iterations);
     fo.looping = progress >= o.enable_looping_at;
-    at::Tensor loss = forward_nll(w, x, y, fo).mean();
-    double loss_value = 0;
-    if (multi) {
-      // The global mean's gradient: sum over ranks of (tokens share) * gradient,
-      // and the global mean loss beside it (float32 of the float64 product, on
-      // the device: no sync between forward and backward).
-      reducer->arm(weight, loss.detach().to(at::kDouble).mul(weight).to(at::kFloat).reshape({1}));
-      loss.backward();
-      loss_value = reducer->finish()[0];
-    } else {
-      loss.backward();
-      loss_value = loss.item<double>();
-    }
+    const at::Tensor rank_loss = accumulate_gradients(w, x_all, y_all, fo, o.grad_accum, [&](const at::Tensor& l) {
+      // The global mean's gradient: sum over ranks of (tokens share) *
+      // gradient, and the global mean loss beside it (float32 of the float64
+      // product, on the device: no sync between forward and backward).
+      if (multi) reducer->arm(weight, l.mul(weight).to(at::kFloat).reshape({1}));
+    });
+    const double loss_value = multi ? reducer->finish()[0] : rank_loss.item<double>();
     {
       c10::NoGradGuard no_grad;
       if (o.grad_clip_norm > 0) {
@@ -284,6 +313,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
         p.addcdiv_(s.m, denom, -adam_lr(n) * lr_mult / bc1);
       }
       for (auto& [n, t] : w.tensors) t.mutable_grad().reset();
+      for (auto& [n, e] : ema) e.mul_(o.ema_decay).add_(w.tensors[n], 1.0 - o.ema_decay);
     }
     TrainStep st;
     st.step = step;
@@ -300,7 +330,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     if (!go_on || (!multi && o.max_seconds > 0 && st.seconds >= o.max_seconds)) break;
   }
   if (multi) buckets->check_identical();
-  for (auto& [n, t] : w.tensors) t = t.detach();
+  for (auto& [n, t] : w.tensors) t = ema.empty() ? t.detach() : ema[n];
 }
 
 }  // namespace pgolf

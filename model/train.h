@@ -20,7 +20,18 @@
 // the weights stay identical (rank 0's initial weights are broadcast first;
 // identity is checked at the end). With max_seconds, rank 0's clock decides
 // the warmdown and the stop.
+//
+// Gradient accumulation (grad_accum > 1): each rank's rows run as that many
+// micro-batches (even_split of the rows), each backward adding its share of
+// the rank's mean loss into the gradients; the all-reduce is armed for the
+// last one only. The gradient is the one-pass gradient of the same rows (up
+// to the order of the sums), in a fraction of the activation memory.
+//
+// EMA (ema_decay > 0, the frontier's): a float32 average of the weights,
+// updated after every optimizer step as ema = decay ema + (1 - decay) w from
+// the initial weights; training ends by replacing the weights with it.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -49,6 +60,11 @@ struct TrainOptions {
   int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
   bool overlap_allreduce = true;    // data parallel: gradient sums start during backward
   double allreduce_bucket_mb = 25;  // data parallel: gradient bucket size, MB of 2^20 bytes (DDP's bucket_cap_mb)
+  int64_t grad_accum = 1;           // micro-batches per step
+  double ema_decay = 0;             // > 0: end with the EMA of the weights
+  // When it reads true (a signal handler sets it): stop before the next step;
+  // with world > 1 the ranks agree (any rank's flag stops them all).
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct TrainStep {
@@ -64,6 +80,15 @@ struct TrainStep {
 // world > 1 every rank must return the same).
 void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& opt,
                const std::function<bool(const TrainStep&)>& on_step);
+
+// One step's gradient: the mean NLL over the rows of x, y [rows, L] (on the
+// weights' device), backward in `passes` micro-batches of consecutive rows
+// (even_split), each loss weighted by its share of the rows, so that the
+// .grad() of w's leaves gains the gradient of the mean. before_last_backward
+// (optional) gets the mean loss (float64 [] on the device) before the last
+// backward (the data-parallel reducer is armed there). Returns the mean loss.
+at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const at::Tensor& y, const ForwardOptions& fo,
+                                int64_t passes, const std::function<void(const at::Tensor&)>& before_last_backward);
 
 // Newton-Schulz iteration for the orthogonal factor of G (the reference's
 // zeropower_via_newtonschulz5), in bf16, as Muon uses it. Exposed for tests.

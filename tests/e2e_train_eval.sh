@@ -29,4 +29,20 @@ awk -v a="$b0" 'BEGIN{exit !(a > 4.0 && a < 5.5)}' || fail "untrained bpb $b0 is
 awk -v a="$b1" -v b="$b0" 'BEGIN{exit !(a < b - 1.0)}' || fail "training did not lower bpb enough ($b0 -> $b1)"
 awk -v a="$b1" -v b="$bt" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(d < 1e-6)}' || fail "eval ($b1) != train's validation ($bt)"
 awk -v a="$bs" -v b="$b1" 'BEGIN{exit !(a < b + 0.05)}' || fail "sliding eval ($bs) is not at least as good as standard ($b1)"
-echo "1 passed, 0 failed"
+
+# SIGINT mid-run: the step finishes, the model is validated and saved, exit 0
+# (with gradient accumulation and an EMA of the weights on the way).
+"$PGOLF" train --train "$T/shards/fineweb_train_*.bin" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" \
+  --out "$T/stopped.h5" "${SET[@]}" --iterations 1000000 --batch-tokens 1024 --grad-accum 2 --ema-decay 0.9 \
+  --log-every 1 --json >"$T/stopped.json" 2>"$T/stopped.log" &
+pid=$!
+for _ in $(seq 600); do grep -q "^3/1000000" "$T/stopped.log" && break; sleep 0.1; done
+kill -INT "$pid"
+wait "$pid" || fail "pgolf train exited with $? after SIGINT: $(tail -3 "$T/stopped.log")"
+grep -q "interrupted after step" "$T/stopped.log" || fail "no interruption message: $(tail -3 "$T/stopped.log")"
+grep -q '"interrupted":true' "$T/stopped.json" || fail "the JSON summary does not say interrupted"
+[ -f "$T/stopped.h5" ] || fail "no checkpoint after SIGINT"
+"$PGOLF" eval --model "$T/stopped.h5" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" --json --quiet >/dev/null ||
+  fail "the checkpoint saved after SIGINT does not evaluate"
+echo "SIGINT: stopped after $(grep -c "train_loss" "$T/stopped.log") logged steps, checkpoint saved"
+echo "2 passed, 0 failed"

@@ -1,6 +1,10 @@
 // Training: the Muon orthogonaliser, learning a simple sequence, determinism.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <map>
+
 #include "data/error.h"
 #include "data/shard.h"
 #include "data/token_stream.h"
@@ -74,6 +78,123 @@ TEST(Train, StopsWhenTheCallbackSaysSo) {
   EXPECT_EQ(last, 5);
   o.batch_tokens = 20;  // not a multiple of the sequence length
   EXPECT_THROW(train_gpt(w, s, o, nullptr), Error);
+}
+
+// The gradient of a step in 1 pass and in 3 (4 rows: 2, 1, 1), float64: the
+// same gradient and mean loss to rounding.
+TEST(Train, AccumulatedGradientsEqualTheOnePassGradient) {
+  ModelConfig c = tiny_config();
+  GptWeights w = random_weights(c, 4);  // no zero projections: every gradient is non-zero
+  for (auto& [n, t] : w.tensors) t = t.to(at::kDouble).requires_grad_(true);
+  const at::Tensor x = at::randint(c.vocab_size, {4, c.train_seq_len}, at::kLong);
+  const at::Tensor y = at::randint(c.vocab_size, {4, c.train_seq_len}, at::kLong);
+  ForwardOptions fo;
+  fo.precision = Precision::F64;
+  auto grads = [&](int64_t passes, double* loss) {
+    for (auto& [n, t] : w.tensors) t.mutable_grad().reset();
+    at::Tensor seen;
+    *loss = accumulate_gradients(w, x, y, fo, passes, [&](const at::Tensor& l) { seen = l.clone(); }).item<double>();
+    EXPECT_NEAR(seen.item<double>(), *loss, 1e-15);
+    std::map<std::string, at::Tensor> g;
+    for (const auto& [n, t] : w.tensors) g[n] = t.grad().clone();
+    return g;
+  };
+  double l1 = 0, l3 = 0;
+  const auto g1 = grads(1, &l1), g3 = grads(3, &l3);
+  EXPECT_NEAR(l1, forward_nll(w, x, y, fo).mean().item<double>(), 1e-12);
+  EXPECT_NEAR(l3, l1, 1e-12);
+  for (const auto& [n, g] : g1) {
+    const double scale = g.abs().max().item<double>();
+    EXPECT_GT(scale, 0.0) << n;
+    EXPECT_LT((g3.at(n) - g).abs().max().item<double>(), 1e-12 * (1 + scale)) << n;
+  }
+  double unused = 0;
+  EXPECT_NE(error_of([&] { grads(5, &unused); }).find("into 5 passes"), std::string::npos);
+}
+
+// --grad-accum N: the rows of a step in N passes (here 4 rows in 3: 2, 1, 1),
+// each loss weighted by its share: the same step as one pass, up to the
+// order of the gradient sums (Muon's bf16 Newton-Schulz may round a few
+// values the other way).
+TEST(Train, GradientAccumulationGivesTheOnePassStep) {
+  CyclicData data;
+  TokenStream s({data.dir / "fineweb_train_000000.bin"});
+  const ModelConfig c = tiny_config();
+  TrainOptions o;
+  o.iterations = 3;
+  o.batch_tokens = 4 * c.train_seq_len;
+  o.warmdown_iters = 0;  // full learning rate: the steps move the weights
+  o.precision = Precision::F64;
+  auto run = [&](int64_t accum) {
+    o.grad_accum = accum;
+    GptWeights w = init_gpt_weights(c, 5);
+    std::vector<double> losses;
+    train_gpt(w, s, o, [&](const TrainStep& st) {
+      losses.push_back(st.loss);
+      return true;
+    });
+    return std::make_pair(w, losses);
+  };
+  const GptWeights init = init_gpt_weights(c, 5);
+  const auto [w1, l1] = run(1);
+  const auto [w3, l3] = run(3);
+  ASSERT_EQ(l3.size(), 3u);
+  EXPECT_NEAR(l3[0], l1[0], 1e-9);  // the same rows, the same mean loss
+  double moved = 0, diff = 0;
+  for (const auto& [n, t] : w1.tensors) {
+    moved = std::max(moved, (t - init.tensors.at(n)).abs().max().item<double>());
+    diff = std::max(diff, (t - w3.tensors.at(n)).abs().max().item<double>());
+  }
+  EXPECT_GT(moved, 0.05);
+  EXPECT_LT(diff, 2e-3) << "moved " << moved;
+  std::printf("grad accumulation: weights moved up to %.3g, one pass vs 3 passes differ by %.3g\n", moved, diff);
+  o.grad_accum = 5;  // more passes than rows
+  GptWeights w = init_gpt_weights(c, 5);
+  EXPECT_NE(error_of([&] { train_gpt(w, s, o, nullptr); }).find("--grad-accum 5"), std::string::npos);
+}
+
+// --ema-decay d: training ends with e_k = d e_(k-1) + (1 - d) w_k, e_0 the
+// initial weights, w_k the weights after step k.
+TEST(Train, EmaEndsWithTheAverageOfTheWeights) {
+  CyclicData data;
+  TokenStream s({data.dir / "fineweb_train_000000.bin"});
+  TrainOptions o;
+  o.iterations = 3;
+  o.batch_tokens = 64;
+  o.ema_decay = 0.75;
+  GptWeights w = init_gpt_weights(tiny_config(), 2);
+  std::map<std::string, at::Tensor> ema;
+  for (const auto& [n, t] : w.tensors) ema[n] = t.to(at::kFloat).clone();
+  train_gpt(w, s, o, [&](const TrainStep&) {
+    for (auto& [n, e] : ema) e.mul_(0.75).add_(w.tensors.at(n).detach(), 0.25);
+    return true;
+  });
+  for (const auto& [n, t] : w.tensors) {
+    EXPECT_FALSE(t.requires_grad()) << n;
+    EXPECT_TRUE(at::equal(t, ema.at(n))) << n;
+  }
+  o.ema_decay = 1.0;
+  EXPECT_NE(error_of([&] { train_gpt(w, s, o, nullptr); }).find("--ema-decay"), std::string::npos);
+}
+
+// The stop flag (pgolf train's SIGINT / SIGTERM handler sets it): training
+// ends before the step after the one that saw it set.
+TEST(Train, StopFlagEndsTrainingBeforeTheNextStep) {
+  CyclicData data;
+  TokenStream s({data.dir / "fineweb_train_000000.bin"});
+  GptWeights w = init_gpt_weights(tiny_config(), 1);
+  std::atomic<bool> stop{false};
+  TrainOptions o;
+  o.iterations = 100;
+  o.batch_tokens = 64;
+  o.stop = &stop;
+  int64_t last = 0;
+  train_gpt(w, s, o, [&](const TrainStep& st) {
+    last = st.step;
+    if (st.step == 3) stop = true;
+    return true;
+  });
+  EXPECT_EQ(last, 3);
 }
 
 }  // namespace
