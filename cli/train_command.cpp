@@ -43,6 +43,30 @@ struct TrainArgs {
   bool json = false, no_overlap_allreduce = false;
 };
 
+// --preset frontier: the training hyperparameters of 2026-04-10_VarLenAttn's
+// logged run (logs/train0.txt), for every option not given on the command line.
+void apply_frontier_recipe(TrainOptions& o, const CLI::App& cmd) {
+  auto set = [&](const char* flag, auto& field, auto value) {
+    if (cmd.count(flag) == 0) field = value;
+  };
+  set("--matrix-lr", o.matrix_lr, 0.022);
+  set("--scalar-lr", o.scalar_lr, 0.02);
+  set("--tied-embed-lr", o.tied_embed_lr, 0.03);
+  set("--embed-lr", o.embed_lr, 0.6);
+  set("--head-lr", o.head_lr, 0.008);
+  set("--muon-momentum", o.muon_momentum, 0.97);
+  set("--muon-momentum-warmup-start", o.muon_momentum_warmup_start, 0.92);
+  set("--muon-momentum-warmup-steps", o.muon_momentum_warmup_steps, int64_t(1500));
+  set("--muon-row-normalize", o.muon_row_normalize, true);
+  set("--muon-wd", o.muon_wd, 0.095);
+  set("--embed-wd", o.embed_wd, 0.095);
+  set("--adam-wd", o.adam_wd, 0.02);
+  set("--grad-clip-norm", o.grad_clip_norm, 0.3);
+  set("--ema-decay", o.ema_decay, 0.997);
+  set("--warmdown-frac", o.warmdown_frac, 0.667);
+  set("--enable-looping-at", o.enable_looping_at, 0.35);
+}
+
 // Validation bpb, sharded over the ranks like `pgolf eval` (every rank calls it).
 EvalResult validate(const GptWeights& w, const TokenStream& val, const ByteCounter& bc, Precision p, uint16_t bos) {
   EvalOptions eo;
@@ -57,7 +81,7 @@ EvalResult validate(const GptWeights& w, const TokenStream& val, const ByteCount
   return r;
 }
 
-void run_train(TrainArgs& a) {
+void run_train(TrainArgs& a, const CLI::App& cmd) {
   // Join the job before anything touches a GPU or a file (see eval).
   const RuntimeInfo rt = runtime_info();
   const bool cuda = a.device == "cuda" || (a.device == "auto" && rt.cuda);
@@ -68,6 +92,7 @@ void run_train(TrainArgs& a) {
   a.opt.overlap_allreduce = !a.no_overlap_allreduce;
   ModelConfig base = a.preset == "frontier" ? ModelConfig::frontier() : ModelConfig::baseline();
   if (a.preset != "baseline" && a.preset != "frontier") throw Error("--preset must be baseline or frontier");
+  if (a.preset == "frontier") apply_frontier_recipe(a.opt, cmd);
   GptWeights w;
   if (!a.src.path.empty()) {
     w = load_model(a.src);
@@ -153,6 +178,18 @@ void run_train(TrainArgs& a) {
                                         {"interrupted", interrupted},
                                         {"grad_accum", a.opt.grad_accum},
                                         {"ema_decay", a.opt.ema_decay},
+                                        {"recipe", {{"matrix_lr", a.opt.matrix_lr},
+                                                    {"scalar_lr", a.opt.scalar_lr},
+                                                    {"tied_embed_lr", a.opt.tied_embed_lr},
+                                                    {"muon_momentum", a.opt.muon_momentum},
+                                                    {"muon_row_normalize", a.opt.muon_row_normalize},
+                                                    {"muon_wd", a.opt.muon_wd},
+                                                    {"embed_wd", a.opt.embed_wd},
+                                                    {"adam_wd", a.opt.adam_wd},
+                                                    {"grad_clip_norm", a.opt.grad_clip_norm},
+                                                    {"warmdown_frac", a.opt.warmdown_frac},
+                                                    {"warmdown_iters", a.opt.warmdown_iters},
+                                                    {"enable_looping_at", a.opt.enable_looping_at}}},
                                         {"ranks", rk.world},
                                         {"allreduce", !rk.multi()              ? "none"
                                                       : a.opt.overlap_allreduce ? "overlap"
@@ -174,7 +211,10 @@ void register_train_command(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer, "the SentencePiece .model of the shards")->required();
   cmd->add_option("--out", a->out, "checkpoint to write (.h5)")->required();
   cmd->add_option("--init-from", a->src.path, "continue from this checkpoint instead of a fresh init");
-  cmd->add_option("--preset", a->preset, "baseline or frontier (for a fresh model)")->capture_default_str();
+  cmd->add_option("--preset", a->preset,
+                  "baseline or frontier: the model of a fresh run and the training recipe (frontier: 2026-04-10_VarLenAttn's "
+                  "learning rates, momentum, decays, EMA, clipping and schedule, each overridable)")
+      ->capture_default_str();
   cmd->add_option("--config", a->src.config_path, "model config JSON applied over the preset");
   cmd->add_option("--config-from-log", a->src.log_path, "reference training log: its Hyperparameters block");
   cmd->add_option("--set", a->src.sets, "override one config field: key=value (repeatable)");
@@ -185,6 +225,25 @@ void register_train_command(CLI::App& app) {
   cmd->add_option("--matrix-lr", a->opt.matrix_lr, "Muon learning rate")->capture_default_str();
   cmd->add_option("--scalar-lr", a->opt.scalar_lr, "Adam learning rate of control tensors")->capture_default_str();
   cmd->add_option("--tied-embed-lr", a->opt.tied_embed_lr, "Adam learning rate of the tied embedding")->capture_default_str();
+  cmd->add_option("--embed-lr", a->opt.embed_lr, "Adam learning rate of an untied embedding")->capture_default_str();
+  cmd->add_option("--head-lr", a->opt.head_lr, "Adam learning rate of an untied head")->capture_default_str();
+  cmd->add_option("--muon-momentum", a->opt.muon_momentum, "Muon momentum")->capture_default_str();
+  cmd->add_option("--muon-momentum-warmup-start", a->opt.muon_momentum_warmup_start,
+                  "Muon momentum at step 1, rising linearly to --muon-momentum")
+      ->capture_default_str();
+  cmd->add_option("--muon-momentum-warmup-steps", a->opt.muon_momentum_warmup_steps, "steps of that rise")
+      ->capture_default_str();
+  cmd->add_option("--muon-row-normalize", a->opt.muon_row_normalize,
+                  "true: scale each row of Muon's update to unit norm before Newton-Schulz")
+      ->capture_default_str();
+  cmd->add_option("--muon-wd", a->opt.muon_wd, "decoupled weight decay of the Muon matrices")->capture_default_str();
+  cmd->add_option("--embed-wd", a->opt.embed_wd, "decoupled weight decay of the token embedding")->capture_default_str();
+  cmd->add_option("--adam-wd", a->opt.adam_wd, "decoupled weight decay of the other Adam tensors (not an untied head)")
+      ->capture_default_str();
+  cmd->add_option("--warmdown-frac", a->opt.warmdown_frac,
+                  "linear LR decay over this last fraction of the run (replaces --warmdown-iters; 0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--min-lr", a->opt.min_lr, "with --warmdown-frac: the LR multiplier's floor")->capture_default_str();
   cmd->add_option("--grad-clip-norm", a->opt.grad_clip_norm, "clip the global gradient norm (0 = off)")->capture_default_str();
   cmd->add_option("--grad-accum", a->opt.grad_accum,
                   "micro-batches per step: each rank's rows in this many passes, gradients summed (less memory)")
@@ -205,7 +264,7 @@ void register_train_command(CLI::App& app) {
   cmd->add_option("--log-every", a->log_every, "print the training loss every N steps")->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();
   cmd->add_flag("--json", a->json, "print a JSON summary on stdout");
-  cmd->callback([a]() { run_train(*a); });
+  cmd->callback([a, cmd]() { run_train(*a, *cmd); });
 }
 
 }  // namespace pgolf

@@ -183,6 +183,14 @@ at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const 
   return mean;
 }
 
+at::Tensor muon_direction(const at::Tensor& g, at::Tensor& buf, double momentum, int steps, bool row_normalize) {
+  buf.mul_(momentum).add_(g);
+  at::Tensor u = g.add(buf, momentum);
+  if (row_normalize) u = u / u.norm(2, -1, true).clamp_min(1e-7);
+  u = newton_schulz_orthogonalize(u, steps).to(at::kFloat);
+  return u * std::sqrt(std::max(1.0, double(u.size(0)) / double(u.size(1))));
+}
+
 void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
                const std::function<bool(const TrainStep&)>& on_step) {
   const ModelConfig& cfg = w.config;
@@ -193,6 +201,10 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   if (!(o.allreduce_bucket_mb > 0)) throw Error("train: --allreduce-bucket-mb must be positive");
   if (o.grad_accum < 1) throw Error("train: --grad-accum must be at least 1");
   if (!(o.ema_decay >= 0 && o.ema_decay < 1)) throw Error("train: --ema-decay must be in [0, 1)");
+  if (!(o.warmdown_frac >= 0 && o.warmdown_frac <= 1)) throw Error("train: --warmdown-frac must be in [0, 1]");
+  if (!(o.min_lr >= 0 && o.min_lr <= 1)) throw Error("train: --min-lr must be in [0, 1]");
+  for (const double wd : {o.muon_wd, o.embed_wd, o.adam_wd})
+    if (!(wd >= 0)) throw Error("train: weight decays must be >= 0");
   // This rank's rows of every step's batch (all of them on a single rank).
   const int64_t rows = o.batch_tokens / L;
   if (rows < o.world)
@@ -253,9 +265,13 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
       if (o.max_seconds > 0 && step > 1 && elapsed >= o.max_seconds) break;
     }
     if (stop) break;
-    // Linear warmdown over the last warmdown_iters steps (or the matching share of the time cap).
+    const double progress = o.max_seconds > 0 ? elapsed / o.max_seconds : double(step - 1) / double(o.iterations);
+    // Linear warmdown: over the last warmdown_frac of the run, or over the
+    // last warmdown_iters steps (or the matching share of the time cap).
     double lr_mult = 1.0;
-    if (o.warmdown_iters > 0) {
+    if (o.warmdown_frac > 0) {
+      if (progress >= 1.0 - o.warmdown_frac) lr_mult = std::max((1.0 - progress) / o.warmdown_frac, o.min_lr);
+    } else if (o.warmdown_iters > 0) {
       const double by_step = double(o.iterations - step + 1) / double(o.warmdown_iters);
       lr_mult = std::min(1.0, by_step);
       if (o.max_seconds > 0 && step > 1) {
@@ -273,7 +289,6 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     const at::Tensor x_all = buf.narrow(0, 0, my_tokens).view({-1, L}).to(device);
     const at::Tensor y_all = buf.narrow(0, 1, my_tokens).view({-1, L}).to(device);
 
-    const double progress = o.max_seconds > 0 ? elapsed / o.max_seconds : double(step - 1) / double(o.iterations);
     fo.looping = progress >= o.enable_looping_at;
     const at::Tensor rank_loss = accumulate_gradients(w, x_all, y_all, fo, o.grad_accum, [&](const at::Tensor& l) {
       // The global mean's gradient: sum over ranks of (tokens share) *
@@ -295,11 +310,8 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
       const double mu = (1 - frac) * o.muon_momentum_warmup_start + frac * o.muon_momentum;
       for (const std::string& n : muon_names) {
         at::Tensor& p = w.tensors[n];
-        at::Tensor g = p.grad();
-        at::Tensor& buf_m = momentum[n];
-        buf_m.mul_(mu).add_(g);
-        at::Tensor u = newton_schulz_orthogonalize(g.add(buf_m, mu), o.muon_backend_steps).to(at::kFloat);
-        u = u * std::sqrt(std::max(1.0, double(p.size(0)) / double(p.size(1))));
+        const at::Tensor u = muon_direction(p.grad(), momentum[n], mu, o.muon_backend_steps, o.muon_row_normalize);
+        if (o.muon_wd > 0) p.mul_(1.0 - o.matrix_lr * lr_mult * o.muon_wd);
         p.add_(u, -o.matrix_lr * lr_mult);
       }
       for (const std::string& n : adam_names) {
@@ -308,6 +320,8 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
         AdamState& s = adam[n];
         s.m.mul_(o.beta1).add_(g, 1 - o.beta1);
         s.v.mul_(o.beta2).addcmul_(g, g, 1 - o.beta2);
+        const double wd = n == "tok_emb.weight" ? o.embed_wd : n == "lm_head.weight" ? 0.0 : o.adam_wd;
+        if (wd > 0) p.mul_(1.0 - adam_lr(n) * lr_mult * wd);  // AdamW: decay first
         const double bc1 = 1 - std::pow(o.beta1, double(step)), bc2 = 1 - std::pow(o.beta2, double(step));
         at::Tensor denom = (s.v / bc2).sqrt_().add_(o.adam_eps);
         p.addcdiv_(s.m, denom, -adam_lr(n) * lr_mult / bc1);

@@ -54,6 +54,15 @@ struct TrainOptions {
   int muon_backend_steps = 5;
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   double grad_clip_norm = 0;        // 0 = off
+  // The frontier's schedule and decays (2026-04-10_VarLenAttn): warmdown_frac
+  // > 0 replaces warmdown_iters: the LR multiplier is max((1 - f) / frac,
+  // min_lr) once the run's fraction f (of iterations, or of max_seconds)
+  // reaches 1 - frac. Decoupled weight decay (p *= 1 - lr wd before the
+  // update): muon_wd on the Muon matrices, embed_wd on the token embedding,
+  // adam_wd on the other Adam tensors except an untied head.
+  double warmdown_frac = 0, min_lr = 0;
+  double muon_wd = 0, embed_wd = 0, adam_wd = 0;
+  bool muon_row_normalize = false;  // each row of Muon's update scaled to unit norm before Newton-Schulz
   double enable_looping_at = 0;     // depth recurrence from this fraction of the run on (of iterations, or of max_seconds)
   Precision precision = Precision::F32;
   uint64_t seed = 1337;
@@ -89,6 +98,13 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& opt,
 // backward (the data-parallel reducer is armed there). Returns the mean loss.
 at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const at::Tensor& y, const ForwardOptions& fo,
                                 int64_t passes, const std::function<void(const at::Tensor&)>& before_last_backward);
+
+// Muon's direction for gradient g (float32 [rows, cols]) with momentum
+// buffer buf (updated in place: buf = momentum buf + g): the Nesterov update g
+// + momentum buf, each row scaled to unit norm first if row_normalize (norms
+// clamped at 1e-7), orthogonalised by `steps` Newton-Schulz iterations,
+// times sqrt(max(1, rows / cols)); float32.
+at::Tensor muon_direction(const at::Tensor& g, at::Tensor& buf, double momentum, int steps, bool row_normalize);
 
 // Newton-Schulz iteration for the orthogonal factor of G (the reference's
 // zeropower_via_newtonschulz5), in bf16, as Muon uses it. Exposed for tests.

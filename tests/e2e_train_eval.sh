@@ -45,4 +45,19 @@ grep -q '"interrupted":true' "$T/stopped.json" || fail "the JSON summary does no
 "$PGOLF" eval --model "$T/stopped.h5" --val "$T/shards/fineweb_val_*.bin" --tokenizer "$TOK" --json --quiet >/dev/null ||
   fail "the checkpoint saved after SIGINT does not evaluate"
 echo "SIGINT: stopped after $(grep -c "train_loss" "$T/stopped.log") logged steps, checkpoint saved"
-echo "2 passed, 0 failed"
+
+# --preset frontier: the frontier's training recipe, each value overridable.
+fr=$("$PGOLF" train --preset frontier --set vocab_size=8192 --set model_dim=64 --set embedding_dim=64 --set num_heads=2 \
+  --set num_kv_heads=1 --set train_seq_len=128 --train "$T/shards/fineweb_train_*.bin" --val "$T/shards/fineweb_val_*.bin" \
+  --tokenizer "$TOK" --out "$T/frontier.h5" --iterations 3 --batch-tokens 256 --muon-wd 0 --json 2>/dev/null)
+python3 - "$fr" <<'PY' || fail "frontier recipe: $fr"
+import json, sys
+d = json.loads(sys.argv[1]); r = d["recipe"]
+want = {"matrix_lr": 0.022, "scalar_lr": 0.02, "tied_embed_lr": 0.03, "muon_momentum": 0.97, "muon_row_normalize": True,
+        "muon_wd": 0.0, "embed_wd": 0.095, "adam_wd": 0.02, "grad_clip_norm": 0.3, "warmdown_frac": 0.667,
+        "enable_looping_at": 0.35}
+bad = {k: (r.get(k), v) for k, v in want.items() if r.get(k) != v}
+assert not bad and d["ema_decay"] == 0.997 and d["steps"] == 3, bad
+PY
+echo "frontier recipe: applied, --muon-wd 0 kept"
+echo "3 passed, 0 failed"

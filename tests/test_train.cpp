@@ -197,5 +197,73 @@ TEST(Train, StopFlagEndsTrainingBeforeTheNextStep) {
   EXPECT_EQ(last, 3);
 }
 
+// --warmdown-frac F --min-lr M (the frontier's schedule): 1 until the run's
+// fraction f = (step - 1) / iterations reaches 1 - F, then max((1 - f) / F, M).
+TEST(Train, WarmdownFractionSchedule) {
+  CyclicData data;
+  TokenStream s({data.dir / "fineweb_train_000000.bin"});
+  GptWeights w = init_gpt_weights(tiny_config(), 1);
+  TrainOptions o;
+  o.iterations = 10;
+  o.batch_tokens = 64;
+  o.warmdown_frac = 0.5;
+  o.min_lr = 0.5;
+  std::vector<double> got;
+  train_gpt(w, s, o, [&](const TrainStep& st) {
+    got.push_back(st.lr_mult);
+    return true;
+  });
+  const std::vector<double> want = {1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.5, 0.5};
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12) << "step " << i + 1;
+}
+
+// Decoupled weight decay: after one step from the same weights, each decayed
+// tensor differs from the undecayed run by exactly -lr wd p0 (the update
+// itself depends only on the gradient).
+TEST(Train, WeightDecaysShrinkTheWeightsBeforeTheUpdate) {
+  CyclicData data;
+  TokenStream s({data.dir / "fineweb_train_000000.bin"});
+  const ModelConfig c = tiny_config();
+  TrainOptions o;
+  o.iterations = 1;
+  o.batch_tokens = 64;
+  o.warmdown_iters = 0;
+  auto run = [&](double muon_wd, double embed_wd, double adam_wd) {
+    o.muon_wd = muon_wd, o.embed_wd = embed_wd, o.adam_wd = adam_wd;
+    GptWeights w = random_weights(c, 6);
+    train_gpt(w, s, o, nullptr);
+    return w;
+  };
+  const GptWeights p0 = random_weights(c, 6), plain = run(0, 0, 0), decayed = run(0.5, 0.25, 0.125);
+  for (const auto& [n, t] : plain.tensors) {
+    const bool muon = t.dim() == 2 && n.rfind("blocks.", 0) == 0 && n.find("resid_mix") == std::string::npos;
+    const double lr = muon ? o.matrix_lr : n == "tok_emb.weight" ? o.tied_embed_lr : o.scalar_lr;
+    const double wd = muon ? 0.5 : n == "tok_emb.weight" ? 0.25 : 0.125;
+    const at::Tensor want = t.to(at::kDouble) - lr * wd * p0.tensors.at(n).to(at::kFloat).to(at::kDouble);
+    EXPECT_LT((decayed.tensors.at(n).to(at::kDouble) - want).abs().max().item<double>(), 1e-6) << n;
+  }
+}
+
+// Row normalisation makes Muon's direction blind to the scale of each row of
+// the update; without it the rows' scales matter.
+TEST(Train, RowNormalizedMuonIgnoresRowScales) {
+  at::manual_seed(3);
+  const at::Tensor g = at::randn({24, 40}), scales = at::rand({24, 1}) * 10 + 0.1;
+  auto dir = [](const at::Tensor& grad, bool rows) {
+    at::Tensor buf = at::zeros_like(grad);
+    at::Tensor d = muon_direction(grad, buf, 0.95, 5, rows);
+    EXPECT_TRUE(at::allclose(buf, grad));  // buf = 0.95 * 0 + g
+    return d;
+  };
+  EXPECT_LT((dir(g * scales, true) - dir(g, true)).abs().max().item<double>(), 2e-2);
+  EXPECT_GT((dir(g * scales, false) - dir(g, false)).abs().max().item<double>(), 0.1);
+  // sqrt(rows / cols) for tall matrices.
+  const at::Tensor tall = at::randn({40, 10});
+  at::Tensor buf = at::zeros_like(tall);
+  const at::Tensor d = muon_direction(tall, buf, 0.0, 5, false);
+  EXPECT_NEAR(d.pow(2).sum().item<double>() / (40.0 / 10.0), 10.0, 4.0);  // ~ cols singular values near 1
+}
+
 }  // namespace
 }  // namespace pgolf::test
