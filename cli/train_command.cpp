@@ -65,6 +65,7 @@ void apply_frontier_recipe(TrainOptions& o, const CLI::App& cmd) {
   set("--ema-decay", o.ema_decay, 0.997);
   set("--warmdown-frac", o.warmdown_frac, 0.667);
   set("--enable-looping-at", o.enable_looping_at, 0.35);
+  set("--pack-documents", o.pack_documents, true);
 }
 
 // Validation bpb, sharded over the ranks like `pgolf eval` (every rank calls it).
@@ -126,6 +127,7 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
                  cuda ? rt.device_name.c_str() : "cpu", mode);
   const uint16_t bos = uint16_t(tok.bos_id());
   a.opt.stop = &stop_requested;
+  a.opt.bos_id = bos;
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
   const Precision eval_precision = cuda ? Precision::BF16 : Precision::F32;
@@ -189,7 +191,8 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
                                                     {"grad_clip_norm", a.opt.grad_clip_norm},
                                                     {"warmdown_frac", a.opt.warmdown_frac},
                                                     {"warmdown_iters", a.opt.warmdown_iters},
-                                                    {"enable_looping_at", a.opt.enable_looping_at}}},
+                                                    {"enable_looping_at", a.opt.enable_looping_at},
+                                                    {"pack_documents", a.opt.pack_documents}}},
                                         {"ranks", rk.world},
                                         {"allreduce", !rk.multi()              ? "none"
                                                       : a.opt.overlap_allreduce ? "overlap"
@@ -244,6 +247,10 @@ void register_train_command(CLI::App& app) {
                   "linear LR decay over this last fraction of the run (replaces --warmdown-iters; 0 = off)")
       ->capture_default_str();
   cmd->add_option("--min-lr", a->opt.min_lr, "with --warmdown-frac: the LR multiplier's floor")->capture_default_str();
+  cmd->add_option("--pack-documents", a->opt.pack_documents,
+                  "true: each micro-batch one row of packed documents, attention within documents (varlen on CUDA; "
+                  "a document longer than the sequence length split every that many tokens)")
+      ->capture_default_str();
   cmd->add_option("--grad-clip-norm", a->opt.grad_clip_norm, "clip the global gradient norm (0 = off)")->capture_default_str();
   cmd->add_option("--grad-accum", a->opt.grad_accum,
                   "micro-batches per step: each rank's rows in this many passes, gradients summed (less memory)")

@@ -250,8 +250,36 @@ struct FlashAttentionFn : torch::autograd::Function<FlashAttentionFn> {
   }
 };
 
+struct VarlenFlashFn : torch::autograd::Function<VarlenFlashFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+    ctx->set_materialize_grads(false);
+    compat::FlashForward f = compat::varlen_flash_attention_saved(q, k, v, cu_seqlens, max_seqlen, window_left);
+    ctx->save_for_backward({q, k, v, f.out, f.lse, f.rng_state, f.unused, cu_seqlens});
+    ctx->saved_data["max_seqlen"] = max_seqlen;
+    ctx->saved_data["window_left"] = window_left;
+    return f.out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return variable_list(6);
+    const variable_list s = ctx->get_saved_variables();
+    auto [gq, gk, gv] = compat::varlen_flash_attention_backward(
+        g[0].contiguous(), s[0], s[1], s[2], {s[3], s[4], s[5], s[6]}, s[7], ctx->saved_data["max_seqlen"].toInt(),
+        ctx->saved_data["window_left"].toInt());
+    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 #endif
+
+at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+#if PGOLF_WITH_CUDA
+  if (records_grad({q, k, v})) return VarlenFlashFn::apply(q, k, v, cu_seqlens, max_seqlen, window_left);
+#endif
+  return compat::varlen_flash_attention(q, k, v, cu_seqlens, max_seqlen, window_left);
+}
 
 at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left) {
 #if PGOLF_WITH_CUDA

@@ -108,6 +108,13 @@ at::Tensor xsa(const at::Tensor& y, const at::Tensor& v, at::ScalarType math);
 // shape, tens of milliseconds each, and TTT's shapes change every step).
 at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left);
 
+// Causal flash attention over packed sequences (CUDA bf16): q [total, H,
+// hd], k/v [total, KV, hd], cu_seqlens int32 [n + 1] (sequence starts, then
+// total), the same window rule -> [total, H, hd]. Under autograd its backward
+// is flash's deterministic one (training on document-packed rows).
+at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left);
+
 // Whole-window causal attention for inference (no gradient), with the shapes
 // of flash_attention and Q = T, all keys: cuDNN's fused kernels where they
 // are faster (Hopper and newer: bench/fused_check times both), else flash.

@@ -149,8 +149,8 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   if (flash && c.segment_ids.defined()) {
     // Documents (and rows) as packed sequences; the window as flash's left window.
     TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache with document masking on flash");
-    y = compat::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
-                                       c.cu_seqlens, c.max_seqlen, window_left)
+    y = fused::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
+                                      c.cu_seqlens, c.max_seqlen, window_left)
             .view({B, T, H, hd});
   } else if (flash && (c.flash_backward || !(c10::GradMode::is_enabled() &&
                                               (q.requires_grad() || k.requires_grad() || v.requires_grad())))) {

@@ -101,6 +101,14 @@ inline FlashForward dense_flash_attention_saved(const at::Tensor& q, const at::T
                                         /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
 }
+// Packed sequences for autograd (shapes as varlen_flash_attention above).
+inline FlashForward varlen_flash_attention_saved(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+  auto r = at::_flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, /*dropout_p=*/0.0,
+                                        /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
+                                        /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
 // Dense batch: q [B, Q, H, hd], k/v [B, T, KV, hd] with Q <= T (the queries
 // are the last Q positions: flash aligns the causal mask bottom-right; KV
 // divides H: grouped heads without copying k/v), causal with the same window
@@ -120,6 +128,21 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_back
     ~Deterministic() { ctx.setDeterministicAlgorithms(was, warn_only); }
   } deterministic;
   return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, at::Tensor(), at::Tensor(), q.size(1), k.size(1),
+                                       /*dropout_p=*/0.0, /*is_causal=*/true, f.rng_state, f.unused,
+                                       /*scale=*/std::nullopt, /*window_size_left=*/window_left,
+                                       /*window_size_right=*/int64_t(0));
+}
+// The same for packed sequences (cu_seqlens int32 [n + 1]).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_flash_attention_backward(
+    const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
+    const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+  struct Deterministic {
+    at::Context& ctx = at::globalContext();
+    bool was = ctx.deterministicAlgorithms(), warn_only = ctx.deterministicAlgorithmsWarnOnly();
+    Deterministic() { ctx.setDeterministicAlgorithms(true, false); }
+    ~Deterministic() { ctx.setDeterministicAlgorithms(was, warn_only); }
+  } deterministic;
+  return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                                        /*dropout_p=*/0.0, /*is_causal=*/true, f.rng_state, f.unused,
                                        /*scale=*/std::nullopt, /*window_size_left=*/window_left,
                                        /*window_size_right=*/int64_t(0));
@@ -144,6 +167,15 @@ inline at::Tensor dense_flash_attention(const at::Tensor&, const at::Tensor&, co
 }
 inline at::Tensor varlen_flash_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          int64_t, int64_t) {
+  throw std::runtime_error("varlen flash attention needs libtorch >= 2.6");
+}
+inline FlashForward varlen_flash_attention_saved(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, int64_t, int64_t) {
+  throw std::runtime_error("varlen flash attention needs libtorch >= 2.6");
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_flash_attention_backward(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const FlashForward&, const at::Tensor&,
+    int64_t, int64_t) {
   throw std::runtime_error("varlen flash attention needs libtorch >= 2.6");
 }
 #endif

@@ -160,6 +160,16 @@ at::Tensor newton_schulz_orthogonalize(const at::Tensor& g, int steps) {
   return transposed ? x.t() : x;
 }
 
+std::vector<int64_t> packed_segments(const uint16_t* tokens, int64_t n, int64_t max_len, uint16_t bos) {
+  std::vector<int64_t> id(size_t(std::max<int64_t>(n, 0)));
+  int64_t seg = 0, start = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i > 0 && (tokens[i] == bos || i - start == max_len)) ++seg, start = i;
+    id[size_t(i)] = seg;
+  }
+  return id;
+}
+
 at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const at::Tensor& y, const ForwardOptions& fo,
                                 int64_t passes, const std::function<void(const at::Tensor&)>& before_last_backward) {
   // Rows [a, b) per pass, each loss weighted by its share of the rows, so the
@@ -173,7 +183,9 @@ at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const 
     const double share = double(b - a) / double(rows);
     const at::Tensor xk = passes == 1 ? x : x.narrow(0, int64_t(a), int64_t(b - a));
     const at::Tensor yk = passes == 1 ? y : y.narrow(0, int64_t(a), int64_t(b - a));
-    at::Tensor loss = forward_nll(w, xk, yk, fo).mean();
+    ForwardOptions fk = fo;
+    if (fo.segment_ids.defined() && passes > 1) fk.segment_ids = fo.segment_ids.narrow(0, int64_t(a), int64_t(b - a));
+    at::Tensor loss = forward_nll(w, xk, yk, fk).mean();
     const at::Tensor part = loss.detach().to(at::kDouble) * share;
     mean = mean.defined() ? mean + part : part;
     if (passes > 1) loss = loss * share;
@@ -212,6 +224,9 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
                 " tokens for " + std::to_string(o.world) + " ranks: each rank needs at least one row");
   const auto [row_begin, row_end] = even_split(uint64_t(rows), o.rank, o.world);
   const int64_t my_tokens = int64_t(row_end - row_begin) * L;
+  if (o.pack_documents && my_tokens % o.grad_accum != 0)
+    throw Error("train: packed documents: this rank's " + std::to_string(my_tokens) + " tokens do not split into " +
+                std::to_string(o.grad_accum) + " equal micro-batches");
   if (int64_t(row_end - row_begin) < o.grad_accum)
     throw Error("train: --grad-accum " + std::to_string(o.grad_accum) + " needs at least that many rows of " +
                 std::to_string(L) + " tokens per rank; this rank has " + std::to_string(row_end - row_begin));
@@ -286,8 +301,18 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     at::Tensor buf = at::empty({my_tokens + 1}, at::kLong);
     auto pb = buf.accessor<int64_t, 1>();
     for (int64_t i = 0; i <= my_tokens; ++i) pb[i] = span[first + size_t(i)];
-    const at::Tensor x_all = buf.narrow(0, 0, my_tokens).view({-1, L}).to(device);
-    const at::Tensor y_all = buf.narrow(0, 1, my_tokens).view({-1, L}).to(device);
+    // Rows of L tokens; packed: one row per micro-batch, attention within documents.
+    const int64_t row_len = o.pack_documents ? my_tokens / o.grad_accum : L;
+    const at::Tensor x_all = buf.narrow(0, 0, my_tokens).view({-1, row_len}).to(device);
+    const at::Tensor y_all = buf.narrow(0, 1, my_tokens).view({-1, row_len}).to(device);
+    if (o.pack_documents) {
+      std::vector<int64_t> seg;
+      for (int64_t r = 0; r < o.grad_accum; ++r) {
+        const std::vector<int64_t> s = packed_segments(span.data() + first + size_t(r * row_len), row_len, L, o.bos_id);
+        seg.insert(seg.end(), s.begin(), s.end());
+      }
+      fo.segment_ids = to_device(at::tensor(seg, at::kLong).view({o.grad_accum, row_len}), device);
+    }
 
     fo.looping = progress >= o.enable_looping_at;
     const at::Tensor rank_loss = accumulate_gradients(w, x_all, y_all, fo, o.grad_accum, [&](const at::Tensor& l) {

@@ -63,6 +63,11 @@ struct TrainOptions {
   double warmdown_frac = 0, min_lr = 0;
   double muon_wd = 0, embed_wd = 0, adam_wd = 0;
   bool muon_row_normalize = false;  // each row of Muon's update scaled to unit norm before Newton-Schulz
+  // Document-packed batches (the frontier's DocumentPackingLoader): each
+  // micro-batch is one row of the rank's tokens / grad_accum, attention only
+  // within documents (packed_segments), RoPE positions the offsets in the row.
+  bool pack_documents = false;
+  uint16_t bos_id = 1;
   double enable_looping_at = 0;     // depth recurrence from this fraction of the run on (of iterations, or of max_seconds)
   Precision precision = Precision::F32;
   uint64_t seed = 1337;
@@ -98,6 +103,11 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& opt,
 // backward (the data-parallel reducer is armed there). Returns the mean loss.
 at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const at::Tensor& y, const ForwardOptions& fo,
                                 int64_t passes, const std::function<void(const at::Tensor&)>& before_last_backward);
+
+// Segment ids [n] for document-packed training: a new segment at position 0,
+// at every BOS, and every max_len tokens into a longer document (as the
+// reference's _build_cu_seqlens splits them).
+std::vector<int64_t> packed_segments(const uint16_t* tokens, int64_t n, int64_t max_len, uint16_t bos);
 
 // Muon's direction for gradient g (float32 [rows, cols]) with momentum
 // buffer buf (updated in place: buf = momentum buf + g): the Nesterov update g

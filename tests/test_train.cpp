@@ -265,5 +265,59 @@ TEST(Train, RowNormalizedMuonIgnoresRowScales) {
   EXPECT_NEAR(d.pow(2).sum().item<double>() / (40.0 / 10.0), 10.0, 4.0);  // ~ cols singular values near 1
 }
 
+TEST(Train, PackedSegmentsSplitAtBosAndEveryMaxLen) {
+  const std::vector<uint16_t> t = {5, 6, 1, 7, 8, 9, 10, 11, 1, 3};
+  EXPECT_EQ(packed_segments(t.data(), int64_t(t.size()), 3, 1), (std::vector<int64_t>{0, 0, 1, 1, 1, 2, 2, 2, 3, 3}));
+  EXPECT_EQ(packed_segments(t.data(), int64_t(t.size()), 100, 1), (std::vector<int64_t>{0, 0, 1, 1, 1, 1, 1, 1, 2, 2}));
+}
+
+// Document-packed training: the first step's loss (the initial weights) is
+// the mean over the packed row of each document segment's own NLL, as if
+// every segment were a sequence of its own (float64; RoPE's absolute offsets
+// in the row change nothing but rounding). Two micro-batches: two rows.
+TEST(Train, PackedTrainingScoresEachDocumentAlone) {
+  CyclicData data;  // BOS every 97 tokens: documents cross the rows
+  TokenStream s({data.dir / "fineweb_train_000000.bin"});
+  ModelConfig c = tiny_config();
+  c.train_seq_len = 40;  // the longest segment: documents of 97 tokens split
+  TrainOptions o;
+  o.iterations = 1;
+  o.batch_tokens = 4 * c.train_seq_len;
+  o.precision = Precision::F64;
+  o.pack_documents = true;
+  o.grad_accum = 2;
+  const GptWeights w0 = random_weights(c, 8);
+  GptWeights w = w0;
+  double loss = 0;
+  train_gpt(w, s, o, [&](const TrainStep& st) {
+    loss = st.loss;
+    return true;
+  });
+  // By hand: the first batch_tokens + 1 tokens, two rows, their segments.
+  const std::vector<uint16_t> tok = s.slice(0, size_t(o.batch_tokens) + 1);
+  GptWeights w32 = w0;
+  for (auto& [n, t] : w32.tensors) t = t.to(at::kFloat);  // what training starts from
+  ForwardOptions f64;
+  f64.precision = Precision::F64;
+  double sum = 0;
+  const int64_t row = o.batch_tokens / 2;
+  int segments = 0;
+  for (int64_t r = 0; r < 2; ++r) {
+    const std::vector<int64_t> seg = packed_segments(tok.data() + r * row, row, c.train_seq_len, 1);
+    for (int64_t a = 0; a < row;) {
+      int64_t b = a;
+      while (b < row && seg[size_t(b)] == seg[size_t(a)]) ++b;
+      std::vector<int64_t> in, tg;
+      for (int64_t i = a; i < b; ++i) in.push_back(tok[size_t(r * row + i)]), tg.push_back(tok[size_t(r * row + i + 1)]);
+      const at::Tensor x = at::tensor(in, at::kLong).view({1, -1}), y = at::tensor(tg, at::kLong).view({1, -1});
+      sum += forward_nll(w32, x, y, f64).sum().item<double>();
+      ++segments;
+      a = b;
+    }
+  }
+  EXPECT_EQ(segments, 5);  // rows [0, 80), [80, 160): split at 40, at the BOS at 97 and at 137
+  EXPECT_NEAR(loss, sum / double(o.batch_tokens), 1e-9);
+}
+
 }  // namespace
 }  // namespace pgolf::test
