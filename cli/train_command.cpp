@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -34,12 +35,33 @@ extern "C" void request_stop(int sig) {
   std::signal(sig, SIG_DFL);
 }
 
+// --rank-shapes "5*36x2048,3*10x6144": per rank ROWSxLENGTH, COUNT* repeats.
+std::vector<std::pair<int64_t, int64_t>> parse_rank_shapes(const std::string& spec) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  size_t pos = 0;
+  while (pos <= spec.size()) {
+    const size_t end = std::min(spec.find(',', pos), spec.size());
+    const std::string item = spec.substr(pos, end - pos);
+    long long count = 1, rows = 0, len = 0;
+    char extra = 0;
+    const bool ok = item.find('*') != std::string::npos
+                        ? std::sscanf(item.c_str(), "%lld*%lldx%lld%c", &count, &rows, &len, &extra) == 3
+                        : std::sscanf(item.c_str(), "%lldx%lld%c", &rows, &len, &extra) == 2;
+    if (!ok || count < 1 || count > 65536 || rows < 1 || len < 1)
+      throw Error("--rank-shapes: '" + item + "' is not ROWSxLENGTH or COUNT*ROWSxLENGTH with positive numbers");
+    for (long long i = 0; i < count; ++i) out.emplace_back(rows, len);
+    pos = end + 1;
+  }
+  return out;
+}
+
 struct TrainArgs {
   ModelSource src;  // path: optional checkpoint to continue from
   std::string preset = "baseline", out, tokenizer, device = "auto";
   std::vector<std::string> train, val;
   TrainOptions opt;
   int64_t val_every = 0, log_every = 50, val_tokens = 0;
+  std::string rank_shapes;
   bool json = false, no_overlap_allreduce = false;
 };
 
@@ -109,6 +131,18 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
   val.check_ids_below(uint32_t(w.config.vocab_size), "the model (vocab_size)");
   ByteCounter bc(tok, w.config.vocab_size);
 
+  if (!a.rank_shapes.empty()) {
+    // The longest length becomes the config's train_seq_len, so evaluation defaults to it.
+    a.opt.rank_shapes = parse_rank_shapes(a.rank_shapes);
+    int64_t longest = 0, tokens = 0;
+    for (const auto& [rows, len] : a.opt.rank_shapes) longest = std::max(longest, len), tokens += rows * len;
+    if (cmd.count("--batch-tokens") && a.opt.batch_tokens != tokens)
+      throw Error("--batch-tokens " + std::to_string(a.opt.batch_tokens) + " differs from --rank-shapes' " +
+                  std::to_string(tokens) + " tokens");
+    a.opt.batch_tokens = tokens;
+    w.config.train_seq_len = int(longest);
+    w.config.validate();
+  }
   if (cuda) {
     for (auto& [n, t] : w.tensors) t = t.to(at::kCUDA);
     a.opt.precision = Precision::BF16;
@@ -252,6 +286,9 @@ void register_train_command(CLI::App& app) {
                   "a document longer than the sequence length split every that many tokens)")
       ->capture_default_str();
   cmd->add_option("--grad-clip-norm", a->opt.grad_clip_norm, "clip the global gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--rank-shapes", a->rank_shapes,
+                  "data parallel, a shape per rank: ROWSxLENGTH, COUNT*ROWSxLENGTH, comma-separated in rank order "
+                  "(e.g. 5*36x2048,3*10x6144); the longest length is stored as train_seq_len");
   cmd->add_option("--grad-accum", a->opt.grad_accum,
                   "micro-batches per step: each rank's rows in this many passes, gradients summed (less memory)")
       ->capture_default_str();

@@ -206,9 +206,6 @@ at::Tensor muon_direction(const at::Tensor& g, at::Tensor& buf, double momentum,
 void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
                const std::function<bool(const TrainStep&)>& on_step) {
   const ModelConfig& cfg = w.config;
-  const int64_t L = cfg.train_seq_len;
-  if (o.batch_tokens < L || o.batch_tokens % L != 0)
-    throw Error("train: --batch-tokens must be a positive multiple of the sequence length " + std::to_string(L));
   if (o.iterations <= 0) throw Error("train: --iterations must be positive");
   if (!(o.allreduce_bucket_mb > 0)) throw Error("train: --allreduce-bucket-mb must be positive");
   if (o.grad_accum < 1) throw Error("train: --grad-accum must be at least 1");
@@ -217,20 +214,44 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   if (!(o.min_lr >= 0 && o.min_lr <= 1)) throw Error("train: --min-lr must be in [0, 1]");
   for (const double wd : {o.muon_wd, o.embed_wd, o.adam_wd})
     if (!(wd >= 0)) throw Error("train: weight decays must be >= 0");
-  // This rank's rows of every step's batch (all of them on a single rank).
-  const int64_t rows = o.batch_tokens / L;
-  if (rows < o.world)
-    throw Error("train: --batch-tokens gives " + std::to_string(rows) + " rows of " + std::to_string(L) +
-                " tokens for " + std::to_string(o.world) + " ranks: each rank needs at least one row");
-  const auto [row_begin, row_end] = even_split(uint64_t(rows), o.rank, o.world);
-  const int64_t my_tokens = int64_t(row_end - row_begin) * L;
+  // This rank's rows of every step's batch (all of them on a single rank):
+  // my_rows of L tokens from token my_first of the step's span.
+  int64_t L = cfg.train_seq_len, batch_tokens = o.batch_tokens, my_rows = 0, my_first = 0;
+  if (!o.rank_shapes.empty()) {
+    if (int64_t(o.rank_shapes.size()) != o.world)
+      throw Error("train: --rank-shapes gives " + std::to_string(o.rank_shapes.size()) + " shapes for " +
+                  std::to_string(o.world) + " ranks");
+    batch_tokens = 0;
+    for (size_t r = 0; r < o.rank_shapes.size(); ++r) {
+      const auto [n, len] = o.rank_shapes[r];
+      if (n < 1 || len < 1 || len > cfg.train_seq_len)
+        throw Error("train: --rank-shapes: rank " + std::to_string(r) + " has " + std::to_string(n) + " rows of " +
+                    std::to_string(len) + " tokens; rows must be positive and lengths in 1.." +
+                    std::to_string(cfg.train_seq_len) + " (the config's train_seq_len)");
+      if (int(r) < o.rank) my_first += n * len;
+      batch_tokens += n * len;
+    }
+    my_rows = o.rank_shapes[size_t(o.rank)].first;
+    L = o.rank_shapes[size_t(o.rank)].second;
+  } else {
+    if (batch_tokens < L || batch_tokens % L != 0)
+      throw Error("train: --batch-tokens must be a positive multiple of the sequence length " + std::to_string(L));
+    const int64_t rows = batch_tokens / L;
+    if (rows < o.world)
+      throw Error("train: --batch-tokens gives " + std::to_string(rows) + " rows of " + std::to_string(L) +
+                  " tokens for " + std::to_string(o.world) + " ranks: each rank needs at least one row");
+    const auto [row_begin, row_end] = even_split(uint64_t(rows), o.rank, o.world);
+    my_rows = int64_t(row_end - row_begin);
+    my_first = int64_t(row_begin) * L;
+  }
+  const int64_t my_tokens = my_rows * L;
   if (o.pack_documents && my_tokens % o.grad_accum != 0)
     throw Error("train: packed documents: this rank's " + std::to_string(my_tokens) + " tokens do not split into " +
                 std::to_string(o.grad_accum) + " equal micro-batches");
-  if (int64_t(row_end - row_begin) < o.grad_accum)
+  if (my_rows < o.grad_accum)
     throw Error("train: --grad-accum " + std::to_string(o.grad_accum) + " needs at least that many rows of " +
-                std::to_string(L) + " tokens per rank; this rank has " + std::to_string(row_end - row_begin));
-  const double weight = double(my_tokens) / double(o.batch_tokens);  // this rank's share of the mean loss
+                std::to_string(L) + " tokens per rank; this rank has " + std::to_string(my_rows));
+  const double weight = double(my_tokens) / double(batch_tokens);  // this rank's share of the mean loss
   const bool multi = o.world > 1;
   at::manual_seed(o.seed);
 
@@ -295,9 +316,9 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
         lr_mult = std::min(lr_mult, std::max(0.0, left_steps / double(o.warmdown_iters)));
       }
     }
-    // The global span; this rank's rows are [row_begin, row_end) of it.
-    std::vector<uint16_t> span = reader.take(size_t(o.batch_tokens) + 1);
-    const size_t first = size_t(row_begin) * size_t(L);
+    // The global span; this rank's my_rows rows of L tokens start at my_first.
+    std::vector<uint16_t> span = reader.take(size_t(batch_tokens) + 1);
+    const size_t first = size_t(my_first);
     at::Tensor buf = at::empty({my_tokens + 1}, at::kLong);
     auto pb = buf.accessor<int64_t, 1>();
     for (int64_t i = 0; i <= my_tokens; ++i) pb[i] = span[first + size_t(i)];
@@ -359,7 +380,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
     st.loss = loss_value;
     st.lr_mult = lr_mult;
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    st.tokens_per_second = double(step * o.batch_tokens) / std::max(st.seconds, 1e-9);
+    st.tokens_per_second = double(step * batch_tokens) / std::max(st.seconds, 1e-9);
     if (multi) {
       st.allreduce_buckets = int64_t(reducer->buckets());
       st.allreduce_buckets_in_backward = int64_t(reducer->started_in_backward());

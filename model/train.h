@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/gpt.h"
@@ -74,6 +75,12 @@ struct TrainOptions {
   int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
   bool overlap_allreduce = true;    // data parallel: gradient sums start during backward
   double allreduce_bucket_mb = 25;  // data parallel: gradient bucket size, MB of 2^20 bytes (DDP's bucket_cap_mb)
+  // Data parallel with a shape per rank (PR #1212's mixed lengths): (rows,
+  // sequence length) of each rank's part of the step, in rank order; the
+  // step's batch is their sum, each rank's gradient weighted by its tokens.
+  // Lengths at most the config's train_seq_len. Empty: batch_tokens split
+  // evenly into rows of train_seq_len.
+  std::vector<std::pair<int64_t, int64_t>> rank_shapes;
   int64_t grad_accum = 1;           // micro-batches per step
   double ema_decay = 0;             // > 0: end with the EMA of the weights
   // When it reads true (a signal handler sets it): stop before the next step;

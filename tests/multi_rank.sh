@@ -132,6 +132,19 @@ same_training "3 ranks: overlap vs after backward" train3_small train3_after
 echo "train: 3 ranks, all-reduce overlapped ($(buckets train3_small), $small_s s) and after backward" \
   "($SECONDS2 s): identical checkpoints and losses"
 
+# --rank-shapes: listing the even split's shapes is the even split, bit for
+# bit; mixed lengths (one rank 2 rows of 256, the other 6 of 128: 1,280 tokens)
+# train and store the longest length in the config.
+run2_ok train2_shapes "${TRAIN_ARGS[@]}" --rank-shapes 5x128,5x128 --out "$T/train2_shapes.h5"
+same_training "2 ranks: --rank-shapes 5x128,5x128 vs the even split" train2 train2_shapes
+run2_ok train2_mixed "${TRAIN_ARGS[@]}" --rank-shapes 2x256,6x128 --out "$T/train2_mixed.h5"
+mixed=$(cat "$T/train2_mixed.0.out")
+"$PGOLF" inspect "$T/train2_mixed.h5" --json | grep -q '"train_seq_len":256' || fail "train: mixed shapes did not store L = 256"
+awk -v a="$(json "$mixed" last_train_loss)" -v b="$(json "$mixed" first_train_loss)" 'BEGIN{exit !(a < b)}' ||
+  fail "train: mixed shapes did not lower the loss: $mixed"
+echo "train: --rank-shapes 5x128,5x128 = the even split; 2x256,6x128: loss $(json "$mixed" first_train_loss) ->" \
+  "$(json "$mixed" last_train_loss), train_seq_len 256 stored"
+
 # ---- eval: standard, sliding with doc-mask (+ dumps), legacy.
 EVAL=(eval --device cpu --model "$T/m1.h5" --val "$VAL" --tokenizer "$TOK" --json --quiet)
 for variant in "standard" "sliding --stride 32 --doc-mask" "legacy --stride 48 --plan legacy"; do
