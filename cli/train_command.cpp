@@ -148,6 +148,7 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
     a.opt.precision = Precision::BF16;
   }
   if (a.opt.batch_tokens == 0) a.opt.batch_tokens = int64_t(w.config.train_seq_len) * (cuda ? 64 : 4);
+  plan_train_shape(a.opt, w.config);  // every option checked before anything is printed or run
   int64_t params = 0;
   for (const auto& [n, t] : w.tensors) params += t.numel();
   const bool root = rk.root();  // rank 0 logs and writes

@@ -203,9 +203,7 @@ at::Tensor muon_direction(const at::Tensor& g, at::Tensor& buf, double momentum,
   return u * std::sqrt(std::max(1.0, double(u.size(0)) / double(u.size(1))));
 }
 
-void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
-               const std::function<bool(const TrainStep&)>& on_step) {
-  const ModelConfig& cfg = w.config;
+TrainShape plan_train_shape(const TrainOptions& o, const ModelConfig& cfg) {
   if (o.iterations <= 0) throw Error("train: --iterations must be positive");
   if (!(o.allreduce_bucket_mb > 0)) throw Error("train: --allreduce-bucket-mb must be positive");
   if (o.grad_accum < 1) throw Error("train: --grad-accum must be at least 1");
@@ -251,6 +249,14 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   if (my_rows < o.grad_accum)
     throw Error("train: --grad-accum " + std::to_string(o.grad_accum) + " needs at least that many rows of " +
                 std::to_string(L) + " tokens per rank; this rank has " + std::to_string(my_rows));
+  return {L, batch_tokens, my_rows, my_first};
+}
+
+void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
+               const std::function<bool(const TrainStep&)>& on_step) {
+  const ModelConfig& cfg = w.config;
+  const auto [L, batch_tokens, my_rows, my_first] = plan_train_shape(o, cfg);
+  const int64_t my_tokens = my_rows * L;
   const double weight = double(my_tokens) / double(batch_tokens);  // this rank's share of the mean loss
   const bool multi = o.world > 1;
   at::manual_seed(o.seed);

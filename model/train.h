@@ -96,6 +96,15 @@ struct TrainStep {
   int64_t allreduce_buckets = 0, allreduce_buckets_in_backward = 0;
 };
 
+// This rank's part of every step: my_rows rows of L tokens, from token
+// my_first of the step's batch_tokens (+ 1) token span.
+struct TrainShape {
+  int64_t L, batch_tokens, my_rows, my_first;
+};
+// The shape, after checking every option against the config (pgolf::Error
+// naming the option): what train_gpt runs, for callers to check first.
+TrainShape plan_train_shape(const TrainOptions& opt, const ModelConfig& cfg);
+
 // Trains w in place (its tensors become float32 parameters on their device).
 // on_step runs after every step; returning false stops training early (with
 // world > 1 every rank must return the same).

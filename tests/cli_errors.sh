@@ -111,6 +111,17 @@ expect_error eval-streaming-chunk "--stride (the streaming chunk) must be in [1,
 expect_error compare-streaming "--compare-to runs on window plans, not --plan streaming" -- \
   "$PGOLF" eval --model "$T/small8k.h5" --compare-to "$T/small8k2.h5" --val "$T/ok.bin" --tokenizer "$TOK" --device cpu --plan streaming
 
+# pgolf train: bad training options, before any step.
+TRAIN=(train --device cpu --train "$T/ok.bin" --val "$T/ok.bin" --tokenizer "$TOK" --set vocab_size=8192
+       --set num_layers=1 --set model_dim=16 --set num_heads=2 --set num_kv_heads=1 --set train_seq_len=4 --out "$T/t.h5")
+expect_error train-rank-shapes-syntax "--rank-shapes: '5x' is not ROWSxLENGTH or COUNT*ROWSxLENGTH with positive numbers" -- \
+  "$PGOLF" "${TRAIN[@]}" --rank-shapes 5x
+expect_error train-rank-shapes-count "train: --rank-shapes gives 2 shapes for 1 ranks" -- \
+  "$PGOLF" "${TRAIN[@]}" --rank-shapes 1x4,1x4
+expect_error train-grad-accum "train: --grad-accum 3 needs at least that many rows of 4 tokens per rank; this rank has 2" -- \
+  "$PGOLF" "${TRAIN[@]}" --batch-tokens 8 --grad-accum 3
+expect_error train-ema "train: --ema-decay must be in [0, 1)" -- "$PGOLF" "${TRAIN[@]}" --ema-decay 1.5
+
 # pgolf report: a file that is not an HDF5 eval dump.
 expect_error report-not-hdf5 "$T/ok.bin: not an HDF5 file" -- "$PGOLF" report "$T/ok.bin" --out "$T/fig"
 
