@@ -450,7 +450,23 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
         opt.cast, opt.kv, opt.flash_backward};
   TORCH_CHECK(!opt.kv || !opt.segment_ids.defined(), "forward_nll: a KV cache with document masking");
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
-  if (inputs.is_cuda() && act == at::kBFloat16 && opt.segment_ids.defined()) {
+  if (opt.segment_ids.defined() && inputs.is_cuda() && !opt.segment_ids.is_cuda()) {
+    // Sequence starts found on the host, copied without a device wait.
+    const at::Tensor seg = opt.segment_ids.to(at::kLong).contiguous();
+    const int64_t* ps = seg.data_ptr<int64_t>();
+    std::vector<int32_t> cu;
+    int64_t longest = 0;
+    for (int64_t i = 0; i < B * T; ++i)
+      if (i % T == 0 || ps[i] != ps[i - 1]) {
+        if (!cu.empty()) longest = std::max<int64_t>(longest, i - cu.back());
+        cu.push_back(int32_t(i));
+      }
+    if (!cu.empty()) longest = std::max<int64_t>(longest, B * T - cu.back());
+    cu.push_back(int32_t(B * T));
+    c.cu_seqlens = to_device(at::tensor(cu, at::kInt), inputs.device());
+    c.max_seqlen = longest;
+    c.segment_ids = to_device(seg, inputs.device());  // the explicit-mask path reads them on the device
+  } else if (inputs.is_cuda() && act == at::kBFloat16 && opt.segment_ids.defined()) {
     // Sequence starts for varlen attention: each row, and each segment change within a row.
     at::Tensor starts = at::zeros({B, T}, inputs.options().dtype(at::kBool));
     starts.select(1, 0).fill_(true);

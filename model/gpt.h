@@ -133,7 +133,9 @@ struct ForwardOptions {
   // score_mask's positions, when the caller has them (optional).
   ScorePositions positions;
   // [B, T] int64: attention only between positions with equal ids (document
-  // masking). Undefined = plain causal attention over the row.
+  // masking). Undefined = plain causal attention over the row. On the CPU
+  // with CUDA inputs, varlen attention's sequence starts are found on the
+  // host (no wait for the device; training passes them so).
   at::Tensor segment_ids;
   // Per-row adapters; null = none.
   const LoraSet* lora = nullptr;

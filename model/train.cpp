@@ -338,7 +338,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
         const std::vector<int64_t> s = packed_segments(span.data() + first + size_t(r * row_len), row_len, L, o.bos_id);
         seg.insert(seg.end(), s.begin(), s.end());
       }
-      fo.segment_ids = to_device(at::tensor(seg, at::kLong).view({o.grad_accum, row_len}), device);
+      fo.segment_ids = at::tensor(seg, at::kLong).view({o.grad_accum, row_len});  // on the host: no device wait
     }
 
     fo.looping = progress >= o.enable_looping_at;

@@ -273,7 +273,7 @@ TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
   std::vector<int64_t> seg;
   for (size_t d = 0; d < lens.size(); ++d) seg.insert(seg.end(), size_t(lens[d]), int64_t(d));
   const at::Tensor seg_ids = at::tensor(seg, at::kLong).view({1, T});
-  auto grads = [&](const at::Device& dev, Precision p, bool packed) {
+  auto grads = [&](const at::Device& dev, Precision p, bool packed, bool host_ids = false) {
     GptWeights w = w64;
     std::vector<at::Tensor> leaves;
     for (auto& [n, t] : w.tensors) {
@@ -284,7 +284,7 @@ TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
     fo.precision = p;
     at::Tensor loss;
     if (packed) {
-      fo.segment_ids = seg_ids.to(dev);
+      fo.segment_ids = host_ids ? seg_ids : seg_ids.to(dev);
       loss = forward_nll(w, in.to(dev), tg.to(dev), fo).sum();
     } else {  // each document a row of its own
       int64_t a = 0;
@@ -305,6 +305,9 @@ TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
   EXPECT_LT(ep, 1.5 * er + 1e-3) << "packed " << ep << ", one row per document " << er;
   EXPECT_LT(ep, 0.1);
   for (size_t i = 0; i < packed.size(); ++i) EXPECT_TRUE(packed[i].equal(packed2[i])) << "leaf " << i;
+  // Segment ids on the host (what training passes): the same sequences, the same bits.
+  const auto host = grads(at::kCUDA, Precision::BF16, true, true);
+  for (size_t i = 0; i < packed.size(); ++i) EXPECT_TRUE(packed[i].equal(host[i])) << "host ids, leaf " << i;
 }
 
 // A head-dim-64 model (the flash kernels run) on CUDA in float32 weights, and
