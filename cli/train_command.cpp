@@ -80,6 +80,7 @@ void apply_frontier_recipe(TrainOptions& o, const CLI::App& cmd) {
   set("--muon-momentum-warmup-start", o.muon_momentum_warmup_start, 0.92);
   set("--muon-momentum-warmup-steps", o.muon_momentum_warmup_steps, int64_t(1500));
   set("--muon-row-normalize", o.muon_row_normalize, true);
+  set("--muon-bf16-momentum", o.muon_bf16_momentum, true);
   set("--muon-wd", o.muon_wd, 0.095);
   set("--embed-wd", o.embed_wd, 0.095);
   set("--adam-wd", o.adam_wd, 0.02);
@@ -220,6 +221,7 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
                                                     {"tied_embed_lr", a.opt.tied_embed_lr},
                                                     {"muon_momentum", a.opt.muon_momentum},
                                                     {"muon_row_normalize", a.opt.muon_row_normalize},
+                                                    {"muon_bf16_momentum", a.opt.muon_bf16_momentum},
                                                     {"muon_wd", a.opt.muon_wd},
                                                     {"embed_wd", a.opt.embed_wd},
                                                     {"adam_wd", a.opt.adam_wd},
@@ -273,6 +275,9 @@ void register_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--muon-row-normalize", a->opt.muon_row_normalize,
                   "true: scale each row of Muon's update to unit norm before Newton-Schulz")
+      ->capture_default_str();
+  cmd->add_option("--muon-bf16-momentum", a->opt.muon_bf16_momentum,
+                  "true: Muon's momentum buffers and sums in bf16 (the frontier's), else float32")
       ->capture_default_str();
   cmd->add_option("--muon-wd", a->opt.muon_wd, "decoupled weight decay of the Muon matrices")->capture_default_str();
   cmd->add_option("--embed-wd", a->opt.embed_wd, "decoupled weight decay of the token embedding")->capture_default_str();

@@ -196,9 +196,10 @@ at::Tensor accumulate_gradients(const GptWeights& w, const at::Tensor& x, const 
 }
 
 at::Tensor muon_direction(const at::Tensor& g, at::Tensor& buf, double momentum, int steps, bool row_normalize) {
-  buf.mul_(momentum).add_(g);
-  at::Tensor u = g.add(buf, momentum);
-  if (row_normalize) u = u / u.norm(2, -1, true).clamp_min(1e-7);
+  const at::Tensor gb = g.to(buf.scalar_type());  // the buffer's type decides where the sums round
+  buf.mul_(momentum).add_(gb);
+  at::Tensor u = gb.add(buf, momentum);
+  if (row_normalize) u = u / u.to(at::kFloat).norm(2, -1, true).clamp_min(1e-7).to(u.scalar_type());
   u = newton_schulz_orthogonalize(u, steps).to(at::kFloat);
   return u * std::sqrt(std::max(1.0, double(u.size(0)) / double(u.size(1))));
 }
@@ -281,7 +282,8 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   std::map<std::string, at::Tensor> ema;  // float32, like the parameters
   if (o.ema_decay > 0)
     for (const auto& [n, t] : w.tensors) ema[n] = t.detach().clone();
-  for (const std::string& n : muon_names) momentum[n] = at::zeros_like(w.tensors[n]);
+  for (const std::string& n : muon_names)
+    momentum[n] = at::zeros_like(w.tensors[n], o.muon_bf16_momentum ? at::kBFloat16 : at::kFloat);
   for (const std::string& n : adam_names) adam[n] = {at::zeros_like(w.tensors[n]), at::zeros_like(w.tensors[n])};
   auto adam_lr = [&](const std::string& n) {
     if (n == "tok_emb.weight") return cfg.tie_embeddings ? o.tied_embed_lr : o.embed_lr;

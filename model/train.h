@@ -64,6 +64,7 @@ struct TrainOptions {
   double warmdown_frac = 0, min_lr = 0;
   double muon_wd = 0, embed_wd = 0, adam_wd = 0;
   bool muon_row_normalize = false;  // each row of Muon's update scaled to unit norm before Newton-Schulz
+  bool muon_bf16_momentum = false;  // the frontier's bf16 momentum buffers (its sums round in bf16)
   // Document-packed batches (the frontier's DocumentPackingLoader): each
   // micro-batch is one row of the rank's tokens / grad_accum, attention only
   // within documents (packed_segments), RoPE positions the offsets in the row.
@@ -128,8 +129,9 @@ std::vector<int64_t> packed_segments(const uint16_t* tokens, int64_t n, int64_t 
 // Muon's direction for gradient g (float32 [rows, cols]) with momentum
 // buffer buf (updated in place: buf = momentum buf + g): the Nesterov update g
 // + momentum buf, each row scaled to unit norm first if row_normalize (norms
-// clamped at 1e-7), orthogonalised by `steps` Newton-Schulz iterations,
-// times sqrt(max(1, rows / cols)); float32.
+// in float32, clamped at 1e-7), orthogonalised by `steps` Newton-Schulz
+// iterations, times sqrt(max(1, rows / cols)); float32. The sums and the
+// division run in buf's type (float32, or bf16 as the frontier's Muon).
 at::Tensor muon_direction(const at::Tensor& g, at::Tensor& buf, double momentum, int steps, bool row_normalize);
 
 // Newton-Schulz iteration for the orthogonal factor of G (the reference's

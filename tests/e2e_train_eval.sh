@@ -53,7 +53,7 @@ fr=$("$PGOLF" train --preset frontier --set vocab_size=8192 --set model_dim=64 -
 python3 - "$fr" <<'PY' || fail "frontier recipe: $fr"
 import json, sys
 d = json.loads(sys.argv[1]); r = d["recipe"]
-want = {"matrix_lr": 0.022, "scalar_lr": 0.02, "tied_embed_lr": 0.03, "muon_momentum": 0.97, "muon_row_normalize": True,
+want = {"matrix_lr": 0.022, "scalar_lr": 0.02, "tied_embed_lr": 0.03, "muon_momentum": 0.97, "muon_row_normalize": True, "muon_bf16_momentum": True,
         "muon_wd": 0.0, "embed_wd": 0.095, "adam_wd": 0.02, "grad_clip_norm": 0.3, "warmdown_frac": 0.667,
         "enable_looping_at": 0.35, "pack_documents": True}
 bad = {k: (r.get(k), v) for k, v in want.items() if r.get(k) != v}

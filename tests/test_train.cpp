@@ -258,6 +258,20 @@ TEST(Train, RowNormalizedMuonIgnoresRowScales) {
   };
   EXPECT_LT((dir(g * scales, true) - dir(g, true)).abs().max().item<double>(), 2e-2);
   EXPECT_GT((dir(g * scales, false) - dir(g, false)).abs().max().item<double>(), 0.1);
+  // A bf16 buffer (the frontier's): it stays bf16, holds the float32
+  // buffer's sums to bf16 rounding (not the same bits), and the direction is
+  // the float32 one to that rounding.
+  at::Tensor b16 = at::zeros({24, 40}, at::kBFloat16), b32 = at::zeros({24, 40});
+  at::Tensor d16, d32;
+  for (int t = 0; t < 3; ++t) {
+    const at::Tensor gt = at::randn({24, 40});
+    d16 = muon_direction(gt, b16, 0.9, 5, true);
+    d32 = muon_direction(gt, b32, 0.9, 5, true);
+    EXPECT_EQ(b16.scalar_type(), at::kBFloat16);
+    EXPECT_LT((b16.to(at::kFloat) - b32).abs().max().item<double>(), 3e-2 * b32.abs().max().item<double>()) << t;
+  }
+  EXPECT_FALSE(at::equal(b16.to(at::kFloat), b32));
+  EXPECT_LT((d16 - d32).abs().max().item<double>(), 5e-2);
   // sqrt(rows / cols) for tall matrices.
   const at::Tensor tall = at::randn({40, 10});
   at::Tensor buf = at::zeros_like(tall);
