@@ -76,21 +76,9 @@ inline at::Tensor fused_causal_attention(const at::Tensor&, const at::Tensor&, c
 // _flash_attention_forward with cumulative sequence lengths) from 2.6 on.
 #if PGOLF_TORCH_AT_LEAST(2, 6)
 constexpr bool has_varlen_flash_attention = true;
-// q [total, H, hd], k/v [total, KV, hd] packed sequences (bf16, CUDA);
-// cu_seqlens int32 [n + 1]; a key j is visible to query i of its sequence if
-// j <= i and i - j <= window_left (window_left < 0: unlimited). -> [total, H, hd].
-inline at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                         const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
-  auto out = at::_flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                          /*dropout_p=*/0.0, /*is_causal=*/true, /*return_debug_mask=*/false,
-                                          /*scale=*/std::nullopt, /*window_size_left=*/window_left,
-                                          /*window_size_right=*/int64_t(0));
-  return std::get<0>(out);
-}
 // Dense flash attention for autograd (fused::flash_attention's Function;
-// shapes as dense_flash_attention below): the forward keeps what the backward reads; the backward runs flash's
-// deterministic kernels (no atomics in dq). ATen decides determinism from the
-// global flag inside the call, so the flag is set for that call only.
+// shapes as dense_flash_attention below): the forward keeps what the backward
+// reads; the backward runs flash's deterministic kernels (no atomics in dq).
 struct FlashForward {
   at::Tensor out, lse, rng_state, unused;  // out [B, Q, H, hd]; lse [B, H, Q] float32
 };
@@ -101,13 +89,20 @@ inline FlashForward dense_flash_attention_saved(const at::Tensor& q, const at::T
                                         /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
 }
-// Packed sequences for autograd (shapes as varlen_flash_attention above).
+// Packed sequences: q [total, H, hd], k/v [total, KV, hd] (bf16, CUDA);
+// cu_seqlens int32 [n + 1]; a key j is visible to query i of its sequence if
+// j <= i and i - j <= window_left (window_left < 0: unlimited). out [total,
+// H, hd]; the rest is what the backward reads.
 inline FlashForward varlen_flash_attention_saved(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
   auto r = at::_flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, /*dropout_p=*/0.0,
                                         /*is_causal=*/true, /*return_debug_mask=*/false, /*scale=*/std::nullopt,
                                         /*window_size_left=*/window_left, /*window_size_right=*/int64_t(0));
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
+inline at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+  return varlen_flash_attention_saved(q, k, v, cu_seqlens, max_seqlen, window_left).out;
 }
 // Dense batch: q [B, Q, H, hd], k/v [B, T, KV, hd] with Q <= T (the queries
 // are the last Q positions: flash aligns the causal mask bottom-right; KV
@@ -117,35 +112,34 @@ inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k
                                        int64_t window_left) {
   return dense_flash_attention_saved(q, k, v, window_left).out;
 }
-// -> dq, dk, dv (dk, dv summed over each KV head's query heads).
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_backward(
+// Flash's backward with its deterministic kernels: ATen decides determinism
+// from the global flag inside the call, so the flag is set for that call
+// only. cu_seqlens undefined: dense batches of max_q / max_k positions.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> deterministic_flash_backward(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
-    int64_t window_left) {
+    const at::Tensor& cu_seqlens, int64_t max_q, int64_t max_k, int64_t window_left) {
   struct Deterministic {
     at::Context& ctx = at::globalContext();
     bool was = ctx.deterministicAlgorithms(), warn_only = ctx.deterministicAlgorithmsWarnOnly();
     Deterministic() { ctx.setDeterministicAlgorithms(true, false); }
     ~Deterministic() { ctx.setDeterministicAlgorithms(was, warn_only); }
   } deterministic;
-  return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, at::Tensor(), at::Tensor(), q.size(1), k.size(1),
+  return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, cu_seqlens, cu_seqlens, max_q, max_k,
                                        /*dropout_p=*/0.0, /*is_causal=*/true, f.rng_state, f.unused,
                                        /*scale=*/std::nullopt, /*window_size_left=*/window_left,
                                        /*window_size_right=*/int64_t(0));
+}
+// -> dq, dk, dv (dk, dv summed over each KV head's query heads).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_backward(
+    const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
+    int64_t window_left) {
+  return deterministic_flash_backward(grad, q, k, v, f, at::Tensor(), q.size(1), k.size(1), window_left);
 }
 // The same for packed sequences (cu_seqlens int32 [n + 1]).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_flash_attention_backward(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
     const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
-  struct Deterministic {
-    at::Context& ctx = at::globalContext();
-    bool was = ctx.deterministicAlgorithms(), warn_only = ctx.deterministicAlgorithmsWarnOnly();
-    Deterministic() { ctx.setDeterministicAlgorithms(true, false); }
-    ~Deterministic() { ctx.setDeterministicAlgorithms(was, warn_only); }
-  } deterministic;
-  return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                       /*dropout_p=*/0.0, /*is_causal=*/true, f.rng_state, f.unused,
-                                       /*scale=*/std::nullopt, /*window_size_left=*/window_left,
-                                       /*window_size_right=*/int64_t(0));
+  return deterministic_flash_backward(grad, q, k, v, f, cu_seqlens, max_seqlen, max_seqlen, window_left);
 }
 #else
 constexpr bool has_varlen_flash_attention = false;
