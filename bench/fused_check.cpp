@@ -304,10 +304,10 @@ int main(int argc, char** argv) {
   report("xsa", "vec, 8 lanes/group", xsa_fwd_bytes, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::xsa(t.at("y"), t.at("vx"), m);
   });
-  report("softcap_nll", "scalar", 2.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("softcap_nll", "vec, two passes", 2.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::softcap_nll(t.at("logits"), at::Tensor(), t.at("tg"), 30.0, m);
   });
-  report("softcap+delta", "scalar", 4.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
+  report("softcap+delta", "vec, two passes", 4.0 * n_logits * V, in, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::softcap_nll(t.at("logits"), t.at("delta"), t.at("tg"), 30.0, m);
   });
 
@@ -365,6 +365,14 @@ int main(int argc, char** argv) {
   report("relu_square odd", "vec + scalar tail", 4.0 * (Ns + 1) * 1001, odd, [&](M t, at::ScalarType, at::ScalarType m) {
     return fused::relu_square(t.at("h_odd"), 0.5, m);
   }, true);
+  odd.add("logits", logits.narrow(0, 0, Ns)), odd.add("tg", tg.narrow(0, 0, Ns)), odd.add("delta", delta.narrow(0, 0, Ns));
+  odd.add("lo", bf(at::randn({Ns, 1001}) * 8)), odd.add("tgo", at::randint(1001, {Ns}, at::kLong));
+  report("softcap_nll", "vec, two passes", 2.0 * Ns * V, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::softcap_nll(t.at("logits"), t.at("delta"), t.at("tg"), 30.0, m);
+  }, true);
+  report("softcap_nll V=1001", "scalar (V%8)", 2.0 * Ns * 1001, odd, [&](M t, at::ScalarType, at::ScalarType m) {
+    return fused::softcap_nll(t.at("lo"), at::Tensor(), t.at("tgo"), 30.0, m);
+  });
   // qk_norm_rope: (head dim, rotated pairs, gain); the vector path needs
   // hd % 8 == 0, hd <= 256 and half % 8 == 0.
   struct QkCase {
@@ -435,6 +443,10 @@ int main(int argc, char** argv) {
   });
   report_grad("xsa hd=100", 2.0 * Bs * Ts * 13 * 100, odd, {"yo", "vo"}, [&](M t, at::ScalarType, at::ScalarType m) {
     return Outs{fused::xsa(t.at("yo"), t.at("vo"), m)};
+  });
+  odd.add("dlo", bf(at::randn({Ns, 1001})));
+  report_grad("softcap V=1001", 10.0 * Ns * 1001, odd, {"lo", "dlo"}, [&](M t, at::ScalarType, at::ScalarType m) {
+    return Outs{fused::softcap_nll(t.at("lo"), t.at("dlo"), t.at("tgo"), 30.0, m)};
   });
   report_grad("relu_sq odd", 10.0 * (Ns + 1) * 1001, odd, {"h_odd"}, [&](M t, at::ScalarType, at::ScalarType m) {
     return Outs{fused::relu_square(t.at("h_odd"), 0.5, m)};

@@ -422,54 +422,78 @@ __global__ void relu_square_kernel(const bf16* __restrict__ h, bf16* __restrict_
   for (int64_t i = nvec * 8 + i0; i < numel; i += stride) out[i] = __float2bfloat16_rn(relu_square_one(ld(h, i), slope));
 }
 
-// The logit a softcap sees: the head's output plus, when there is one, the
-// TTT head adapter's delta, added in float32 (as the reference's fused kernel
-// adds them).
-__device__ __forceinline__ float logit(const bf16* l, const bf16* dl, int64_t i) {
-  return dl ? __fadd_rn(ld(l, i), ld(dl, i)) : ld(l, i);
+// The logits a softcap sees at columns [i, i + 8) of a row (n valid): the
+// head's output plus, when there is one, the TTT head adapter's delta, added
+// in float32 (as the reference's fused kernel adds them).
+template <bool kVec>
+__device__ __forceinline__ void logits8(const bf16* l, const bf16* dl, int64_t i, int n, float (&v)[8]) {
+  load8<kVec>(l, i, n, v);
+  if (dl) {
+    float d[8];
+    load8<kVec>(dl, i, n, d);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(v[e], d[e]);
+  }
 }
 
-// One block per row: online max / sum of exp over z = cap * tanh(l / cap).
-// lse (optional) keeps log-sum-exp for the backward.
+// z = cap * tanh(l / cap), the division as ATen's eager op on a scalar
+// divisor computes it: times float(1 / cap).
+__device__ __forceinline__ float softcap(float l, float cap, float inv_cap) {
+  return __fmul_rn(cap, tanhf(__fmul_rn(l, inv_cap)));
+}
+
+// Block-wide max / sum of one float per thread (kNllThreads threads); every
+// thread gets the result.
 constexpr int kNllThreads = 256;
+template <bool kMax>
+__device__ __forceinline__ float block_reduce(float v) {
+  __shared__ float part[kNllThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
+  }
+  __syncthreads();  // part[] may still be read by a previous call
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = part[0];
+  for (int k = 1; k < kNllThreads / 32; ++k) v = kMax ? fmaxf(v, part[k]) : v + part[k];
+  return v;
+}
+
+// One block per row, two passes over it: the largest logit first (tanh is
+// increasing, so its z is the largest z, the shift log-softmax subtracts),
+// then the sum of exp(z - M), branch-free. Thread t takes the 8-column chunks
+// t, t + kNllThreads, ... lse (optional) keeps log-sum-exp for the backward.
+template <bool kVec>
 __global__ void softcap_nll_kernel(const bf16* __restrict__ logits, const bf16* __restrict__ delta,
                                    const int64_t* __restrict__ targets, float* __restrict__ out,
-                                   float* __restrict__ lse, int64_t V, float cap) {
+                                   float* __restrict__ lse, int64_t V, float cap, float inv_cap) {
   const int64_t r = blockIdx.x;
   const bf16* l = logits + r * V;
   const bf16* dl = delta ? delta + r * V : nullptr;
-  float m = -INFINITY, s = 0.0f;
-  for (int64_t i = threadIdx.x; i < V; i += kNllThreads) {
-    const float z = __fmul_rn(cap, tanhf(__fdiv_rn(logit(l, dl, i), cap)));
-    if (z > m) {
-      s = s * expf(m - z) + 1.0f;
-      m = z;
-    } else {
-      s += expf(z - m);
-    }
+  float mx = -INFINITY;
+  for (int64_t i = int64_t(threadIdx.x) * 8; i < V; i += 8 * kNllThreads) {
+    const int n = kVec ? 8 : int(V - i < 8 ? V - i : 8);
+    float v[8];
+    logits8<kVec>(l, dl, i, n, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (kVec || e < n) mx = fmaxf(mx, v[e]);
   }
-  // Combine (m, s) pairs: within the warp, then across warps.
-  for (int o = 16; o > 0; o >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-    const float mm = fmaxf(m, m2);
-    s = (m == -INFINITY ? 0.0f : s * expf(m - mm)) + (m2 == -INFINITY ? 0.0f : s2 * expf(m2 - mm));
-    m = mm;
+  const float M = softcap(block_reduce<true>(mx), cap, inv_cap);
+  float s = 0.0f;
+  for (int64_t i = int64_t(threadIdx.x) * 8; i < V; i += 8 * kNllThreads) {
+    const int n = kVec ? 8 : int(V - i < 8 ? V - i : 8);
+    float v[8];
+    logits8<kVec>(l, dl, i, n, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = kVec || e < n ? expf(softcap(v[e], cap, inv_cap) - M) : 0.0f;
+    s += ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
   }
-  __shared__ float sm[kNllThreads / 32], ssum[kNllThreads / 32];
-  const int w = threadIdx.x / 32;
-  if (threadIdx.x % 32 == 0) {
-    sm[w] = m;
-    ssum[w] = s;
-  }
-  __syncthreads();
+  const float S = block_reduce<false>(s);
   if (threadIdx.x == 0) {
-    float M = -INFINITY;
-    for (int k = 0; k < kNllThreads / 32; ++k) M = fmaxf(M, sm[k]);
-    float S = 0;
-    for (int k = 0; k < kNllThreads / 32; ++k)
-      if (sm[k] != -INFINITY) S += ssum[k] * expf(sm[k] - M);
     const int64_t t = targets[r];
-    const float zt = __fmul_rn(cap, tanhf(__fdiv_rn(logit(l, dl, t), cap)));
+    const float zt = softcap(dl ? __fadd_rn(ld(l, t), ld(dl, t)) : ld(l, t), cap, inv_cap);
     const float L = M + logf(S);
     out[r] = L - zt;
     if (lse) lse[r] = L;
@@ -480,7 +504,6 @@ __global__ void softcap_nll_kernel(const bf16* __restrict__ logits, const bf16* 
 // rounded to its tensor's type where the ATen graph would round it (at the
 // casts between bf16 activations and float32 math), not inside the sums. ----
 
-__device__ __forceinline__ void st(bf16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 __device__ __forceinline__ float round_to(const bf16*, float v) { return round_bf16(v); }
 __device__ __forceinline__ float round_to(const float*, float v) { return v; }
 
@@ -730,19 +753,29 @@ __global__ void relu_square_bwd_kernel(const bf16* __restrict__ h, const bf16* _
 }
 
 // gl = round(g[r] (softmax(z) - onehot(target)) (1 - tanh(l / cap)^2)), one
-// block per row; also the gradient of the delta (the same values).
+// block per row, 8 columns per thread and step; also the gradient of the
+// delta (the same values).
+template <bool kVec>
 __global__ void softcap_nll_bwd_kernel(const bf16* __restrict__ logits, const bf16* __restrict__ delta,
                                        const int64_t* __restrict__ targets, const float* __restrict__ lse,
-                                       const float* __restrict__ g, bf16* __restrict__ gl, int64_t V, float cap) {
+                                       const float* __restrict__ g, bf16* __restrict__ gl, int64_t V, float cap,
+                                       float inv_cap) {
   const int64_t r = blockIdx.x;
   const bf16* l = logits + r * V;
   const bf16* dl = delta ? delta + r * V : nullptr;
   const float L = lse[r], gr = g[r];
   const int64_t t = targets[r];
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float th = tanhf(__fdiv_rn(logit(l, dl, i), cap));
-    const float p = expf(__fmul_rn(cap, th) - L) - (i == t ? 1.0f : 0.0f);
-    st(gl, r * V + i, gr * p * (1.0f - th * th));
+  for (int64_t i = int64_t(threadIdx.x) * 8; i < V; i += 8 * kNllThreads) {
+    const int n = kVec ? 8 : int(V - i < 8 ? V - i : 8);
+    float v[8];
+    logits8<kVec>(l, dl, i, n, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float th = tanhf(__fmul_rn(v[e], inv_cap));
+      const float p = expf(__fmul_rn(cap, th) - L) - (i + e == t ? 1.0f : 0.0f);
+      v[e] = gr * p * (1.0f - th * th);
+    }
+    store8<kVec>(gl + r * V, i, n, v);
   }
 }
 
@@ -1081,9 +1114,14 @@ std::pair<at::Tensor, at::Tensor> softcap_nll(const at::Tensor& logits, const at
   if (n == 0) return {out, lse};
   auto stream = at::cuda::getCurrentCUDAStream();
   float* lp = want_lse ? lse.data_ptr<float>() : nullptr;
-  softcap_nll_kernel<<<int(n), kNllThreads, 0, stream>>>(bp(logits), delta.defined() ? bp(delta) : nullptr,
-                                                         targets.data_ptr<int64_t>(), out.data_ptr<float>(), lp, V,
-                                                         float(cap));
+  const bf16* dl = delta.defined() ? bp(delta) : nullptr;
+  const float inv_cap = float(1.0 / cap);
+  if (vec_ok(V, {logits.data_ptr(), dl}))
+    softcap_nll_kernel<true><<<int(n), kNllThreads, 0, stream>>>(bp(logits), dl, targets.data_ptr<int64_t>(),
+                                                                 out.data_ptr<float>(), lp, V, float(cap), inv_cap);
+  else
+    softcap_nll_kernel<false><<<int(n), kNllThreads, 0, stream>>>(bp(logits), dl, targets.data_ptr<int64_t>(),
+                                                                  out.data_ptr<float>(), lp, V, float(cap), inv_cap);
   check_launch();
   return {out, lse};
 }
@@ -1215,9 +1253,17 @@ at::Tensor softcap_nll_backward(const at::Tensor& logits, const at::Tensor& delt
   const int64_t n = logits.size(0), V = logits.size(1);
   at::Tensor gl = at::empty_like(logits);
   if (n == 0) return gl;
-  softcap_nll_bwd_kernel<<<int(n), kNllThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      bp(logits), bp_or_null(delta), targets.data_ptr<int64_t>(), lse.data_ptr<float>(), g.data_ptr<float>(),
-      bp_out(gl), V, float(cap));
+  const bf16* dl = bp_or_null(delta);
+  const float inv_cap = float(1.0 / cap);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (vec_ok(V, {logits.data_ptr(), dl, gl.data_ptr()}))
+    softcap_nll_bwd_kernel<true><<<int(n), kNllThreads, 0, stream>>>(bp(logits), dl, targets.data_ptr<int64_t>(),
+                                                                     lse.data_ptr<float>(), g.data_ptr<float>(),
+                                                                     bp_out(gl), V, float(cap), inv_cap);
+  else
+    softcap_nll_bwd_kernel<false><<<int(n), kNllThreads, 0, stream>>>(bp(logits), dl, targets.data_ptr<int64_t>(),
+                                                                      lse.data_ptr<float>(), g.data_ptr<float>(),
+                                                                      bp_out(gl), V, float(cap), inv_cap);
   check_launch();
   return gl;
 }
