@@ -135,7 +135,8 @@ void run_eval(const EvalArgs& a) {
   if (profile) stop_profile(a.profile);
   r.all_reduce_ranks(o.capture_targets);  // float64 sums of all ranks; the dump's scorings to rank 0
   if (!rk.root()) return;                 // rank 0 reports
-  const double eval_s = std::chrono::duration<double>(clock::now() - e0).count();
+  // The evaluation's seconds: the one-time device warm-up is reported apart.
+  const double eval_s = std::chrono::duration<double>(clock::now() - e0).count() - r.warmup_seconds;
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
 
   const char* plan = plan_kind_name(o.plan);
@@ -149,13 +150,15 @@ void run_eval(const EvalArgs& a) {
   std::fprintf(stderr, "%-10s %.6f nats/target\n", "loss", r.loss());
   std::fprintf(stderr, "%-10s %s\n%-10s %s\n%-10s %s\n", "targets", with_commas(r.targets).c_str(), "bytes",
                with_commas(r.bytes).c_str(), "windows", with_commas(r.windows).c_str());
-  std::fprintf(stderr, "%-10s %s scored targets/s (%.2f s eval, %.2f s wall)\n", "speed",
-               with_commas(uint64_t(double(r.targets) / std::max(eval_s, 1e-9))).c_str(), eval_s, wall);
+  std::fprintf(stderr, "%-10s %s scored targets/s (%.2f s eval, %.2f s device warm-up, %.2f s wall)\n", "speed",
+               with_commas(uint64_t(double(r.targets) / std::max(eval_s, 1e-9))).c_str(), eval_s, r.warmup_seconds,
+               wall);
   if (!a.dump.empty()) write_dump(a, o, r, stream, prec);
   if (a.json) {
     nlohmann::json j = {{"bpb", r.bpb()},       {"bpb_stderr", r.bpb_stderr()}, {"loss", r.loss()},
                         {"targets", r.targets}, {"bytes", r.bytes},             {"windows", r.windows},
-                        {"seconds", wall},      {"eval_seconds", eval_s},       {"plan", plan},
+                        {"seconds", wall},      {"eval_seconds", eval_s},       {"warmup_seconds", r.warmup_seconds},
+                        {"plan", plan},
                         {"seq_len", o.seq_len}, {"stride", o.stride},           {"doc_mask", o.doc_mask},
                         {"device", cuda ? rt.device_name : "cpu"}, {"precision", prec}, {"ranks", rk.world},
                         {"targets_per_second", double(r.targets) / std::max(eval_s, 1e-9)},

@@ -58,6 +58,9 @@ struct EvalResult {
   // Host seconds building batches, queueing forwards, and reading scores back
   // (waiting for the GPU shows up there). This rank's, not reduced.
   double host_prepare = 0, host_forward = 0, host_read_back = 0;
+  // CUDA: the one-time device warm-up before the timed batches (this rank's):
+  // kernel loading, library handles, the first shape's attention plan.
+  double warmup_seconds = 0;
   // By document index (a target belongs to the document of the token before
   // it); targets whose context starts before the first BOS go to the last entry.
   std::vector<DocumentTotals> docs;

@@ -29,6 +29,11 @@ awk -v a="$b0" 'BEGIN{exit !(a > 4.0 && a < 5.5)}' || fail "untrained bpb $b0 is
 awk -v a="$b1" -v b="$b0" 'BEGIN{exit !(a < b - 1.0)}' || fail "training did not lower bpb enough ($b0 -> $b1)"
 awk -v a="$b1" -v b="$bt" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(d < 1e-6)}' || fail "eval ($b1) != train's validation ($bt)"
 awk -v a="$bs" -v b="$b1" 'BEGIN{exit !(a < b + 0.05)}' || fail "sliding eval ($bs) is not at least as good as standard ($b1)"
+# The JSON's timing keys; on the CPU there is no device warm-up to report.
+for k in seconds eval_seconds warmup_seconds targets_per_second; do
+  [ -n "$(json "$std" $k)" ] || fail "eval --json has no $k"
+done
+awk -v w="$(json "$std" warmup_seconds)" 'BEGIN{exit !(w == 0)}' || fail "a CPU eval reported a device warm-up ($(json "$std" warmup_seconds) s)"
 
 # SIGINT mid-run: the step finishes, the model is validated and saved, exit 0
 # (with gradient accumulation and an EMA of the weights on the way).
