@@ -62,6 +62,7 @@ struct TrainArgs {
   TrainOptions opt;
   int64_t val_every = 0, log_every = 50, val_tokens = 0;
   std::string rank_shapes;
+  std::string profile;  // --profile FILE.json
   bool json = false, no_overlap_allreduce = false;
 };
 
@@ -171,6 +172,8 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
   double first_loss = 0, last_loss = 0;
   int64_t steps = 0, buckets = 0, buckets_in_backward = 0;
   double seconds = 0;
+  const bool profile = !a.profile.empty() && root;
+  if (profile) start_profile();
   train_gpt(w, train, a.opt, [&](const TrainStep& s) {
     if (s.step == 1) first_loss = s.loss;
     last_loss = s.loss;
@@ -190,6 +193,7 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
     }
     return true;
   });
+  if (profile) stop_profile(a.profile);
   const bool interrupted = stop_requested.load();
   if (interrupted && root)
     std::fprintf(stderr, "train: interrupted after step %lld: validating and saving (a second signal stops at once)\n",
@@ -314,6 +318,9 @@ void register_train_command(CLI::App& app) {
   cmd->add_option("--log-every", a->log_every, "print the training loss every N steps")->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cpu or cuda")->capture_default_str();
   cmd->add_flag("--json", a->json, "print a JSON summary on stdout");
+  cmd->add_option("--profile", a->profile,
+                  "write a Kineto (Chrome-trace JSON) profile of the training steps (CUDA builds; with a few "
+                  "--iterations: every step is traced)");
   cmd->callback([a, cmd]() { run_train(*a, *cmd); });
 }
 
