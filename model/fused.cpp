@@ -270,8 +270,53 @@ struct VarlenFlashFn : torch::autograd::Function<VarlenFlashFn> {
   }
 };
 
+// cuDNN's attention on [B, H, T, hd] views (compat::cudnn_attention_saved).
+struct CudnnAttentionFn : torch::autograd::Function<CudnnAttentionFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    ctx->set_materialize_grads(false);
+    compat::CudnnForward f = compat::cudnn_attention_saved(q, k, v);
+    // Undefined philox tensors (no dropout) cannot be saved as variables.
+    ctx->save_for_backward({q, k, v, f.out, f.lse});
+    ctx->saved_data["seed"] = f.seed.defined() ? c10::IValue(f.seed) : c10::IValue();
+    ctx->saved_data["offset"] = f.offset.defined() ? c10::IValue(f.offset) : c10::IValue();
+    return f.out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    if (!g[0].defined()) return variable_list(3);
+    const variable_list s = ctx->get_saved_variables();
+    auto tensor = [&](const char* key) {
+      const c10::IValue& x = ctx->saved_data[key];
+      return x.isTensor() ? x.toTensor() : at::Tensor();
+    };
+    auto [gq, gk, gv] =
+        compat::cudnn_attention_backward(g[0], s[0], s[1], s[2], {s[3], s[4], tensor("seed"), tensor("offset")});
+    return {gq, gk, gv};
+  }
+};
+
 }  // namespace
 #endif
+
+bool cudnn_attention_applies(const at::Tensor& q) {
+#if PGOLF_WITH_CUDA
+  const int64_t hd = q.size(-1);
+  return q.is_cuda() && q.scalar_type() == at::kBFloat16 && hd % 8 == 0 && hd <= 128 &&
+         at::cuda::getDeviceProperties(q.get_device())->major >= 9 && compat::cudnn_training_attention_available();
+#else
+  (void)q;
+  return false;
+#endif
+}
+
+at::Tensor cudnn_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#if PGOLF_WITH_CUDA
+  // [B, T, H, hd] -> the [B, H, T, hd] views cuDNN takes, and back.
+  return CudnnAttentionFn::apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
+#else
+  (void)q, (void)k, (void)v;
+  throw std::logic_error("fused::cudnn_attention needs a CUDA build");
+#endif
+}
 
 at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {

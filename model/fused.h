@@ -122,6 +122,17 @@ at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, cons
 // must not be the first to run one.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
+// Causal attention for training on Hopper: cuDNN's fused kernels forward and
+// backward (faster than flash's there; the backward is not deterministic, so
+// TTT keeps flash_attention). q [B, T, H, hd], k/v [B, T, KV, hd] -> [B, T,
+// H, hd]. Dense rows only: libtorch 2.11 builds cuDNN's graph for packed
+// sequences anew at every call, so packed rows keep varlen_flash_attention.
+// cudnn_attention_applies: whether it runs these (CUDA bf16, compute
+// capability >= 9, head dim a multiple of 8 up to 128, a libtorch with the
+// operators); callers take flash or SDPA otherwise.
+bool cudnn_attention_applies(const at::Tensor& q);
+at::Tensor cudnn_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
 // One Adam / AdamW step over flat tensors (ttt/adam.h's update, the same
 // order of operations and roundings), as one kernel: p, m, v float32 CUDA
 // tensors, g float32 or bf16, factors float32 [2] = (-lr / (1 - b1^t),

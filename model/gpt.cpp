@@ -152,6 +152,10 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     y = fused::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
                                       c.cu_seqlens, c.max_seqlen, window_left)
             .view({B, T, H, hd});
+  } else if (flash && window_left < 0 && Q == T && !c.kv && !c.flash_backward && c10::GradMode::is_enabled() &&
+             (q.requires_grad() || k.requires_grad() || v.requires_grad()) && fused::cudnn_attention_applies(q)) {
+    // Training (a gradient recorded, not TTT's flash backward): cuDNN's kernels on Hopper.
+    y = fused::cudnn_attention(q, k, v);
   } else if (flash && (c.flash_backward || !(c10::GradMode::is_enabled() &&
                                               (q.requires_grad() || k.requires_grad() || v.requires_grad())))) {
     // Causal mask aligned bottom-right: the queries are the last of the keys.

@@ -5,10 +5,12 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/api/include/torch/version.h>
 
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 #if defined(PGOLF_COMPAT_PROFILER) && PGOLF_WITH_CUDA
 #include <set>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -39,6 +41,7 @@
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
 #if PGOLF_TORCH_AT_LEAST(2, 0)
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <optional>
 #else
 #include <c10/util/Optional.h>
@@ -189,6 +192,77 @@ inline at::Tensor cudnn_causal_attention(const at::Tensor& q, const at::Tensor& 
 constexpr bool has_cudnn_attention = false;
 inline at::Tensor cudnn_causal_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   throw std::runtime_error("cuDNN attention needs libtorch >= 2.5");
+}
+#endif
+
+// cuDNN's fused attention under autograd (training on Hopper), causal and
+// dense: q [B, H, T, hd], k/v [B, KV, T, hd] (any strides, KV dividing H,
+// grouped heads direct). Its backward is not deterministic (dq by atomics):
+// TTT keeps flash's deterministic kernels. The operators are called through
+// the dispatcher by argument name, since their argument order has changed
+// between releases; a libtorch without them says so
+// (cudnn_training_attention_available), and callers keep flash or SDPA.
+struct CudnnForward {
+  at::Tensor out, lse, seed, offset;
+};
+#if PGOLF_TORCH_AT_LEAST(2, 6)
+inline bool cudnn_training_attention_available() {
+  static const bool ok = c10::Dispatcher::singleton().findSchema({"aten::_cudnn_attention_forward", ""}).has_value() &&
+                         c10::Dispatcher::singleton().findSchema({"aten::_cudnn_attention_backward", ""}).has_value();
+  return ok;
+}
+// `op` with the named arguments; the others take their defaults. A tensor
+// given as None where the schema wants a Tensor goes as an undefined tensor.
+inline std::vector<c10::IValue> call_by_name(const char* op, const std::map<std::string, c10::IValue>& args) {
+  const c10::OperatorHandle h = c10::Dispatcher::singleton().findSchemaOrThrow(op, "");
+  std::vector<c10::IValue> stack;
+  for (const c10::Argument& a : h.schema().arguments()) {
+    const auto it = args.find(a.name());
+    if (it != args.end()) {
+      const bool optional = a.type()->kind() == c10::TypeKind::OptionalType;
+      stack.push_back(it->second.isNone() && !optional ? c10::IValue(at::Tensor()) : it->second);
+    } else if (a.default_value()) {
+      stack.push_back(*a.default_value());
+    } else {
+      throw std::runtime_error(std::string(op) + ": pgolf gives no value for its argument '" + a.name() + "'");
+    }
+  }
+  h.callBoxed(&stack);
+  return stack;
+}
+inline at::Tensor tensor_or_undefined(const c10::IValue& v) { return v.isTensor() ? v.toTensor() : at::Tensor(); }
+inline CudnnForward cudnn_attention_saved(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const std::vector<c10::IValue> r = call_by_name(
+      "aten::_cudnn_attention_forward",
+      {{"query", q}, {"key", k}, {"value", v}, {"attn_bias", c10::IValue()}, {"cum_seq_q", c10::IValue()},
+       {"cum_seq_k", c10::IValue()}, {"max_q", q.size(2)}, {"max_k", k.size(2)}, {"compute_log_sumexp", true},
+       {"dropout_p", 0.0}, {"is_causal", true}, {"return_debug_mask", false}, {"scale", c10::IValue()}});
+  // (output, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset, debug_attn_mask)
+  return {r.at(0).toTensor(), r.at(1).toTensor(), tensor_or_undefined(r.at(6)), tensor_or_undefined(r.at(7))};
+}
+// -> dq, dk, dv (dk, dv summed over each KV head's query heads).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> cudnn_attention_backward(const at::Tensor& grad,
+                                                                               const at::Tensor& q, const at::Tensor& k,
+                                                                               const at::Tensor& v,
+                                                                               const CudnnForward& f) {
+  auto opt = [](const at::Tensor& t) { return t.defined() ? c10::IValue(t) : c10::IValue(); };
+  const std::vector<c10::IValue> r = call_by_name(
+      "aten::_cudnn_attention_backward",
+      {{"grad_out", grad}, {"query", q}, {"key", k}, {"value", v}, {"out", f.out}, {"logsumexp", f.lse},
+       {"philox_seed", opt(f.seed)}, {"philox_offset", opt(f.offset)}, {"attn_bias", c10::IValue()},
+       {"cum_seq_q", c10::IValue()}, {"cum_seq_k", c10::IValue()}, {"max_q", q.size(2)}, {"max_k", k.size(2)},
+       {"dropout_p", 0.0}, {"is_causal", true}, {"scale", c10::IValue()}});
+  return {r.at(0).toTensor(), r.at(1).toTensor(), r.at(2).toTensor()};
+}
+#else
+inline bool cudnn_training_attention_available() { return false; }
+inline CudnnForward cudnn_attention_saved(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  throw std::runtime_error("cuDNN attention under autograd needs libtorch >= 2.6");
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> cudnn_attention_backward(const at::Tensor&, const at::Tensor&,
+                                                                               const at::Tensor&, const at::Tensor&,
+                                                                               const CudnnForward&) {
+  throw std::runtime_error("cuDNN attention under autograd needs libtorch >= 2.6");
 }
 #endif
 

@@ -89,6 +89,43 @@ TEST_F(Cuda, CausalAttentionMatchesFloat64AndFlash) {
   EXPECT_TRUE(at::equal(got, fused::causal_attention(q, k, v)));
 }
 
+// Training's attention on Hopper (cuDNN forward and backward), grouped KV
+// heads direct: output and gradients against float64 on the CPU, no further
+// from it than flash's deterministic kernels.
+TEST_F(Cuda, CudnnTrainingAttentionMatchesFloat64AndFlash) {
+  const int64_t B = 2, T = 192, H = 8, KV = 4, hd = 64;
+  const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor q0 = at::randn({B, T, H, hd}, bf), k0 = at::randn({B, T, KV, hd}, bf),
+                   v0 = at::randn({B, T, KV, hd}, bf), up = at::randn({B, T, H, hd}, bf);
+  if (!fused::cudnn_attention_applies(q0)) GTEST_SKIP() << "cuDNN training attention does not apply on this device";
+  // float64 reference: [B, H, T, hd], causal.
+  std::vector<at::Tensor> ref_leaves;
+  for (const at::Tensor& t : {q0, k0, v0}) ref_leaves.push_back(t.cpu().to(at::kDouble).requires_grad_(true));
+  const at::Tensor qr = ref_leaves[0].transpose(1, 2), kr = ref_leaves[1].transpose(1, 2).repeat_interleave(H / KV, 1),
+                   vr = ref_leaves[2].transpose(1, 2).repeat_interleave(H / KV, 1);
+  at::Tensor sc = at::matmul(qr, kr.transpose(-1, -2)) / std::sqrt(double(hd));
+  sc = sc.masked_fill(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
+  const at::Tensor ref = at::matmul(at::softmax(sc, -1), vr).transpose(1, 2);
+  const std::vector<at::Tensor> ref_g = torch::autograd::grad({(ref * up.cpu().to(at::kDouble)).sum()}, ref_leaves);
+  auto run = [&](bool cudnn) {
+    std::vector<at::Tensor> l;
+    for (const at::Tensor& t : {q0, k0, v0}) l.push_back(t.clone().requires_grad_(true));
+    const at::Tensor y = cudnn ? fused::cudnn_attention(l[0], l[1], l[2]) : fused::flash_attention(l[0], l[1], l[2], -1);
+    std::vector<at::Tensor> out = torch::autograd::grad({(y.to(at::kFloat) * up.to(at::kFloat)).sum()}, l);
+    out.insert(out.begin(), y.detach());
+    return out;
+  };
+  const std::vector<at::Tensor> got = run(true), flash = run(false);
+  const std::vector<at::Tensor> want = {ref, ref_g[0], ref_g[1], ref_g[2]};
+  const char* names[] = {"output", "dq", "dk", "dv"};
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e = (got[i].cpu().to(at::kDouble) - want[i]).abs().max().item<double>();
+    const double ef = (flash[i].cpu().to(at::kDouble) - want[i]).abs().max().item<double>();
+    std::printf("cudnn training attention %s: max error %.3g (flash %.3g)\n", names[i], e, ef);
+    EXPECT_LE(e, 2 * ef + 1e-3) << names[i];
+  }
+}
+
 TEST_F(Cuda, VarlenFlashWithDocumentsAndWindowsMatchesFloat64) {
   ModelConfig c = tiny_config();
   c.vocab_size = 512;
