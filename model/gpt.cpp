@@ -164,6 +164,9 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
       y = fused::causal_attention(q, keys, values);
     else
       y = fused::flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
+  } else if (flash && window > 0 && Q == T && !c.kv) {
+    // Training with a window: flash's kernels (its deterministic backward), not the masked scores below.
+    y = fused::flash_attention(q, k.contiguous(), v.contiguous(), window_left);
   } else if (flash && window == 0 && compat::has_fused_causal_attention) {
     // Training: SDPA, whose backward is known to work with every libtorch here.
     TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache under autograd");

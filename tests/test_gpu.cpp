@@ -227,7 +227,10 @@ TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
   wide.model_dim = 128;
   wide.num_heads = 2;
   wide.num_kv_heads = 1;
-  const std::vector<ModelConfig> configs = {base, front, wide};
+  ModelConfig windowed = wide;  // a sliding-window layer: flash's windowed kernels under autograd
+  windowed.num_layers = 3;
+  windowed.attn_windows = {0, 5, 0};
+  const std::vector<ModelConfig> configs = {base, front, wide, windowed};
   for (const ModelConfig& c : configs) {
     for (bool adapters : {false, true}) {
       const GptWeights w64 = random_weights(c, 11);
