@@ -199,6 +199,51 @@ void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
       return compat::cudnn_causal_attention(qh, expand(k).transpose(1, 2), expand(v).transpose(1, 2)).transpose(1, 2);
     });
   }
+  // Training: forward + backward for an upstream gradient; dq on rows 0..1 against float64.
+  const at::Tensor up = at::randn({B, T, H, hd}, bf);
+  std::vector<at::Tensor> ref_leaves;
+  for (const at::Tensor& t : {q, k, v}) ref_leaves.push_back(t.narrow(0, 0, 2).cpu().to(at::kDouble).requires_grad_(true));
+  {
+    const at::Tensor qd = ref_leaves[0].transpose(1, 2), kd = expand(ref_leaves[1]).transpose(1, 2),
+                     vd = expand(ref_leaves[2]).transpose(1, 2);
+    at::Tensor sd = at::matmul(qd, kd.transpose(-1, -2)) / std::sqrt(double(hd));
+    sd = sd.masked_fill(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
+    const at::Tensor yd = at::matmul(at::softmax(sd, -1), vd).transpose(1, 2);
+    (yd * up.narrow(0, 0, 2).cpu().to(at::kDouble)).sum().backward();
+  }
+  const at::Tensor dq_ref = ref_leaves[0].grad();
+  std::printf("\nattention forward + backward (training): dq error on rows 0..1; FLOPs 3.5x the forward's\n");
+  std::printf("%-30s %10s %9s %9s\n", "backend", "dq err", "ms", "TFLOP/s");
+  auto train_row = [&](const char* name, const std::function<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                                        const at::Tensor&)>& f) {
+    auto step = [&] {
+      std::vector<at::Tensor> l;
+      for (const at::Tensor& t : {q, k, v}) l.push_back(t.detach().requires_grad_(true));
+      const at::Tensor y = f(l[0], l[1], l[2]);
+      return torch::autograd::grad({(y.to(at::kFloat) * up.to(at::kFloat)).sum()}, l)[0];
+    };
+    at::Tensor dq;
+    try {
+      dq = step();
+    } catch (const std::exception& e) {
+      std::printf("%-30s failed: %.200s\n", name, e.what());
+      return;
+    }
+    const double err = (dq.narrow(0, 0, 2).cpu().to(at::kDouble) - dq_ref).abs().max().item<double>();
+    const double ms = time_ms([&] { step(); });
+    std::printf("%-30s %10.3g %9.3f %9.1f\n", name, err, ms, 3.5 * flops / ms / 1e9);
+  };
+  train_row("flash, deterministic backward", [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+    return fused::flash_attention(a, b, c, -1);
+  });
+  train_row("sdpa (k/v expanded)", [&](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+    return compat::fused_causal_attention(a.transpose(1, 2), expand(b).transpose(1, 2), expand(c).transpose(1, 2))
+        .transpose(1, 2);
+  });
+  if (fused::cudnn_attention_applies(q))
+    train_row("fused::cudnn_attention (GQA)", [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+      return fused::cudnn_attention(a, b, c);
+    });
 }
 
 // TTT's optimizer step (ttt/adam.h) on n flat float32 parameters with bf16
