@@ -160,33 +160,40 @@ void report_grad(const char* name, double bytes, const Inputs& in, const std::ve
 // Causal attention backends on the eval shape (q [B, T, H, hd], k/v with KV
 // heads): flash (what forward_nll runs) and cuDNN (k/v expanded to H heads),
 // each against float64 attention on the CPU over the first two rows; time per
-// call and FLOP/s (causal: half of 4 B H T^2 hd).
+// call and FLOP/s (causal: half of 4 B H T^2 hd). Then forward + backward as
+// training runs them (flash, SDPA, cuDNN), dq against float64.
 void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
   const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   const at::Tensor q = at::randn({B, T, H, hd}, bf), k = at::randn({B, T, KV, hd}, bf), v = at::randn({B, T, KV, hd}, bf);
-  // float64 reference on rows 0..1
+  // float64 reference on rows 0..1: the output, and dq for the upstream gradient `up`.
+  const at::Tensor up = at::randn({B, T, H, hd}, bf);
   auto expand = [&](const at::Tensor& t) { return t.repeat_interleave(H / KV, 2); };
-  const at::Tensor qr = q.narrow(0, 0, 2).transpose(1, 2).cpu().to(at::kDouble);
-  const at::Tensor kr = expand(k.narrow(0, 0, 2)).transpose(1, 2).cpu().to(at::kDouble);
-  const at::Tensor vr = expand(v.narrow(0, 0, 2)).transpose(1, 2).cpu().to(at::kDouble);
+  std::vector<at::Tensor> ref_leaves;
+  for (const at::Tensor& t : {q, k, v}) ref_leaves.push_back(t.narrow(0, 0, 2).cpu().to(at::kDouble).requires_grad_(true));
+  const at::Tensor qr = ref_leaves[0].transpose(1, 2), kr = expand(ref_leaves[1]).transpose(1, 2),
+                   vr = expand(ref_leaves[2]).transpose(1, 2);
   at::Tensor sc = at::matmul(qr, kr.transpose(-1, -2)) / std::sqrt(double(hd));
-  sc.masked_fill_(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
-  const at::Tensor ref = at::matmul(at::softmax(sc, -1), vr).transpose(1, 2);  // [2, T, H, hd]
+  sc = sc.masked_fill(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
+  const at::Tensor y_ref = at::matmul(at::softmax(sc, -1), vr).transpose(1, 2);  // [2, T, H, hd]
+  (y_ref * up.narrow(0, 0, 2).cpu().to(at::kDouble)).sum().backward();
+  const at::Tensor ref = y_ref.detach(), dq_ref = ref_leaves[0].grad();
   const double flops = 2.0 * B * H * T * T * hd;  // causal half of 4 B H T^2 hd
-  std::printf("\nattention, causal: B %ld T %ld H %ld KV %ld hd %ld\n", long(B), long(T), long(H), long(KV), long(hd));
-  std::printf("%-26s %10s %9s %9s\n", "backend", "max err", "ms", "TFLOP/s");
-  auto row = [&](const char* name, const std::function<at::Tensor()>& f) {
+  // One row: f's result on rows 0..1 against `want`, then f timed.
+  auto report_row = [&](const char* name, const std::function<at::Tensor()>& f, const at::Tensor& want, double fl) {
     at::Tensor out;
     try {
       out = f();
     } catch (const std::exception& e) {
-      std::printf("%-26s failed: %.200s\n", name, e.what());
+      std::printf("%-30s failed: %.200s\n", name, e.what());
       return;
     }
-    const double err = (out.narrow(0, 0, 2).cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    const double err = (out.narrow(0, 0, 2).cpu().to(at::kDouble) - want).abs().max().item<double>();
     const double ms = time_ms([&] { f(); });
-    std::printf("%-26s %10.3g %9.3f %9.1f\n", name, err, ms, flops / ms / 1e9);
+    std::printf("%-30s %10.3g %9.3f %9.1f\n", name, err, ms, fl / ms / 1e9);
   };
+  std::printf("\nattention, causal: B %ld T %ld H %ld KV %ld hd %ld\n", long(B), long(T), long(H), long(KV), long(hd));
+  std::printf("%-30s %10s %9s %9s\n", "backend", "max err", "ms", "TFLOP/s");
+  auto row = [&](const char* name, const std::function<at::Tensor()>& f) { report_row(name, f, ref, flops); };
   row("flash (GQA, [B,T,H,hd])", [&] { return compat::dense_flash_attention(q, k, v, -1); });
   row("fused::causal_attention", [&] { return fused::causal_attention(q, k, v); });  // what evaluation runs
   if (compat::has_cudnn_attention) {
@@ -199,39 +206,17 @@ void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
       return compat::cudnn_causal_attention(qh, expand(k).transpose(1, 2), expand(v).transpose(1, 2)).transpose(1, 2);
     });
   }
-  // Training: forward + backward for an upstream gradient; dq on rows 0..1 against float64.
-  const at::Tensor up = at::randn({B, T, H, hd}, bf);
-  std::vector<at::Tensor> ref_leaves;
-  for (const at::Tensor& t : {q, k, v}) ref_leaves.push_back(t.narrow(0, 0, 2).cpu().to(at::kDouble).requires_grad_(true));
-  {
-    const at::Tensor qd = ref_leaves[0].transpose(1, 2), kd = expand(ref_leaves[1]).transpose(1, 2),
-                     vd = expand(ref_leaves[2]).transpose(1, 2);
-    at::Tensor sd = at::matmul(qd, kd.transpose(-1, -2)) / std::sqrt(double(hd));
-    sd = sd.masked_fill(at::ones({T, T}, at::kBool).triu(1), -INFINITY);
-    const at::Tensor yd = at::matmul(at::softmax(sd, -1), vd).transpose(1, 2);
-    (yd * up.narrow(0, 0, 2).cpu().to(at::kDouble)).sum().backward();
-  }
-  const at::Tensor dq_ref = ref_leaves[0].grad();
+  // Training: forward + backward for `up`, dq on rows 0..1 against float64.
   std::printf("\nattention forward + backward (training): dq error on rows 0..1; FLOPs 3.5x the forward's\n");
   std::printf("%-30s %10s %9s %9s\n", "backend", "dq err", "ms", "TFLOP/s");
-  auto train_row = [&](const char* name, const std::function<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                                                        const at::Tensor&)>& f) {
-    auto step = [&] {
+  using Attention = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
+  auto train_row = [&](const char* name, const Attention& f) {
+    report_row(name, [&] {
       std::vector<at::Tensor> l;
       for (const at::Tensor& t : {q, k, v}) l.push_back(t.detach().requires_grad_(true));
       const at::Tensor y = f(l[0], l[1], l[2]);
       return torch::autograd::grad({(y.to(at::kFloat) * up.to(at::kFloat)).sum()}, l)[0];
-    };
-    at::Tensor dq;
-    try {
-      dq = step();
-    } catch (const std::exception& e) {
-      std::printf("%-30s failed: %.200s\n", name, e.what());
-      return;
-    }
-    const double err = (dq.narrow(0, 0, 2).cpu().to(at::kDouble) - dq_ref).abs().max().item<double>();
-    const double ms = time_ms([&] { step(); });
-    std::printf("%-30s %10.3g %9.3f %9.1f\n", name, err, ms, 3.5 * flops / ms / 1e9);
+    }, dq_ref, 3.5 * flops);
   };
   train_row("flash, deterministic backward", [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
     return fused::flash_attention(a, b, c, -1);
