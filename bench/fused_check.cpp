@@ -219,7 +219,10 @@ void attention_check(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
     }, dq_ref, 3.5 * flops);
   };
   train_row("flash, deterministic backward", [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
-    return fused::flash_attention(a, b, c, -1);
+    return fused::flash_attention(a, b, c, -1, true);
+  });
+  train_row("flash, default backward", [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+    return fused::flash_attention(a, b, c, -1, false);
   });
   train_row("sdpa (k/v expanded)", [&](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
     return compat::fused_causal_attention(a.transpose(1, 2), expand(b).transpose(1, 2), expand(c).transpose(1, 2))

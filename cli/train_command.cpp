@@ -233,7 +233,8 @@ void run_train(TrainArgs& a, const CLI::App& cmd) {
                                                     {"warmdown_frac", a.opt.warmdown_frac},
                                                     {"warmdown_iters", a.opt.warmdown_iters},
                                                     {"enable_looping_at", a.opt.enable_looping_at},
-                                                    {"pack_documents", a.opt.pack_documents}}},
+                                                    {"pack_documents", a.opt.pack_documents},
+                                                    {"deterministic", a.opt.deterministic}}},
                                         {"ranks", rk.world},
                                         {"allreduce", !rk.multi()              ? "none"
                                                       : a.opt.overlap_allreduce ? "overlap"
@@ -309,6 +310,9 @@ void register_train_command(CLI::App& app) {
                   "depth recurrence from this fraction of the run on (the frontier's enable_looping_at)")
       ->capture_default_str();
   cmd->add_option("--seed", a->opt.seed, "initialisation and data seed")->capture_default_str();
+  cmd->add_flag("--deterministic", a->opt.deterministic,
+                "CUDA: attention's backward by kernels that give the same bits run to run (flash's deterministic "
+                "ones; a few % slower); without it, cuDNN's and flash's faster ones, whose sums vary in the last bits");
   cmd->add_flag("--no-overlap-allreduce", a->no_overlap_allreduce,
                 "data parallel: sum the gradients after backward instead of during it (same sums; for measuring)");
   cmd->add_option("--allreduce-bucket-mb", a->opt.allreduce_bucket_mb,

@@ -233,40 +233,43 @@ struct XsaFn : torch::autograd::Function<XsaFn> {
 
 struct FlashAttentionFn : torch::autograd::Function<FlashAttentionFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            int64_t window_left) {
+                            int64_t window_left, bool deterministic) {
     ctx->set_materialize_grads(false);
     compat::FlashForward f = compat::dense_flash_attention_saved(q, k, v, window_left);
     ctx->save_for_backward({q, k, v, f.out, f.lse, f.rng_state, f.unused});
     ctx->saved_data["window_left"] = window_left;
+    ctx->saved_data["deterministic"] = deterministic;
     return f.out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
-    if (!g[0].defined()) return variable_list(4);
+    if (!g[0].defined()) return variable_list(5);
     const variable_list s = ctx->get_saved_variables();
-    auto [gq, gk, gv] = compat::dense_flash_attention_backward(g[0].contiguous(), s[0], s[1], s[2],
-                                                               {s[3], s[4], s[5], s[6]},
-                                                               ctx->saved_data["window_left"].toInt());
-    return {gq, gk, gv, at::Tensor()};
+    auto [gq, gk, gv] = compat::dense_flash_attention_backward(
+        g[0].contiguous(), s[0], s[1], s[2], {s[3], s[4], s[5], s[6]}, ctx->saved_data["window_left"].toInt(),
+        ctx->saved_data["deterministic"].toBool());
+    return {gq, gk, gv, at::Tensor(), at::Tensor()};
   }
 };
 
 struct VarlenFlashFn : torch::autograd::Function<VarlenFlashFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+                            const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left,
+                            bool deterministic) {
     ctx->set_materialize_grads(false);
     compat::FlashForward f = compat::varlen_flash_attention_saved(q, k, v, cu_seqlens, max_seqlen, window_left);
     ctx->save_for_backward({q, k, v, f.out, f.lse, f.rng_state, f.unused, cu_seqlens});
     ctx->saved_data["max_seqlen"] = max_seqlen;
     ctx->saved_data["window_left"] = window_left;
+    ctx->saved_data["deterministic"] = deterministic;
     return f.out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
-    if (!g[0].defined()) return variable_list(6);
+    if (!g[0].defined()) return variable_list(7);
     const variable_list s = ctx->get_saved_variables();
     auto [gq, gk, gv] = compat::varlen_flash_attention_backward(
         g[0].contiguous(), s[0], s[1], s[2], {s[3], s[4], s[5], s[6]}, s[7], ctx->saved_data["max_seqlen"].toInt(),
-        ctx->saved_data["window_left"].toInt());
-    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor()};
+        ctx->saved_data["window_left"].toInt(), ctx->saved_data["deterministic"].toBool());
+    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -319,16 +322,19 @@ at::Tensor cudnn_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 }
 
 at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
+                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left,
+                                  bool deterministic) {
 #if PGOLF_WITH_CUDA
-  if (records_grad({q, k, v})) return VarlenFlashFn::apply(q, k, v, cu_seqlens, max_seqlen, window_left);
+  if (records_grad({q, k, v}))
+    return VarlenFlashFn::apply(q, k, v, cu_seqlens, max_seqlen, window_left, deterministic);
 #endif
   return compat::varlen_flash_attention(q, k, v, cu_seqlens, max_seqlen, window_left);
 }
 
-at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left) {
+at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left,
+                           bool deterministic) {
 #if PGOLF_WITH_CUDA
-  if (records_grad({q, k, v})) return FlashAttentionFn::apply(q, k, v, window_left);
+  if (records_grad({q, k, v})) return FlashAttentionFn::apply(q, k, v, window_left, deterministic);
 #endif
   return compat::dense_flash_attention(q, k, v, window_left);
 }
@@ -341,7 +347,7 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
       !records_grad({q, k, v}))
     return compat::cudnn_causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
 #endif
-  return flash_attention(q, k, v, -1);
+  return flash_attention(q, k, v, -1, /*deterministic=*/true);  // no gradient here
 }
 
 at::Tensor rms_norm(const at::Tensor& x, double factor, double eps, at::ScalarType act, at::ScalarType math) {

@@ -103,17 +103,20 @@ at::Tensor xsa(const at::Tensor& y, const at::Tensor& v, at::ScalarType math);
 // Causal flash attention (CUDA bf16, libtorch >= 2.6): q [B, Q, H, hd], k/v
 // [B, T, KV, hd] with Q <= T (the queries are the last Q positions), KV
 // dividing H, at most window_left + 1 keys per query (< 0: all) -> [B, Q, H,
-// hd]. Under autograd its backward is flash's deterministic one: the same
-// kernels whatever the shape (SDPA's cuDNN backend builds a plan per new
-// shape, tens of milliseconds each, and TTT's shapes change every step).
-at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left);
+// hd]. Under autograd its backward is flash's (deterministic: the kernels
+// without atomics in dq, the same bits run to run): the same kernels whatever
+// the shape (SDPA's cuDNN backend builds a plan per new shape, tens of
+// milliseconds each, and TTT's shapes change every step).
+at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window_left,
+                           bool deterministic);
 
 // Causal flash attention over packed sequences (CUDA bf16): q [total, H,
 // hd], k/v [total, KV, hd], cu_seqlens int32 [n + 1] (sequence starts, then
 // total), the same window rule -> [total, H, hd]. Under autograd its backward
-// is flash's deterministic one (training on document-packed rows).
+// is flash's, deterministic as above (training on document-packed rows).
 at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left);
+                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left,
+                                  bool deterministic);
 
 // Whole-window causal attention for inference (no gradient), with the shapes
 // of flash_attention and Q = T, all keys: cuDNN's fused kernels where they

@@ -39,6 +39,7 @@ struct Ctx {
   const CastWeights* cast = nullptr;
   KvCache* kv = nullptr;
   bool flash_backward = false;
+  bool deterministic = false;  // attention's backward (ForwardOptions::deterministic_attention)
 
   at::Tensor mm_weight(const std::string& n) const {
     if (cast && cast->type == act) {
@@ -150,11 +151,11 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     // Documents (and rows) as packed sequences; the window as flash's left window.
     TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache with document masking on flash");
     y = fused::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
-                                      c.cu_seqlens, c.max_seqlen, window_left)
+                                      c.cu_seqlens, c.max_seqlen, window_left, c.deterministic)
             .view({B, T, H, hd});
-  } else if (flash && window_left < 0 && Q == T && !c.kv && !c.flash_backward && c10::GradMode::is_enabled() &&
+  } else if (flash && window_left < 0 && Q == T && !c.kv && !c.deterministic && c10::GradMode::is_enabled() &&
              (q.requires_grad() || k.requires_grad() || v.requires_grad()) && fused::cudnn_attention_applies(q)) {
-    // Training (a gradient recorded, not TTT's flash backward): cuDNN's kernels on Hopper.
+    // Training (a gradient recorded, no determinism asked for): cuDNN's kernels on Hopper.
     y = fused::cudnn_attention(q, k, v);
   } else if (flash && (c.flash_backward || !(c10::GradMode::is_enabled() &&
                                               (q.requires_grad() || k.requires_grad() || v.requires_grad())))) {
@@ -163,10 +164,10 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     if (!c.flash_backward && window_left < 0 && Q == keys.size(1))
       y = fused::causal_attention(q, keys, values);
     else
-      y = fused::flash_attention(q, keys.contiguous(), values.contiguous(), window_left);
-  } else if (flash && window > 0 && Q == T && !c.kv) {
-    // Training with a window: flash's kernels (its deterministic backward), not the masked scores below.
-    y = fused::flash_attention(q, k.contiguous(), v.contiguous(), window_left);
+      y = fused::flash_attention(q, keys.contiguous(), values.contiguous(), window_left, c.deterministic);
+  } else if (flash && (window > 0 || c.deterministic) && Q == T && !c.kv) {
+    // Training with a window, or deterministic: flash's kernels, not the masked scores or SDPA below.
+    y = fused::flash_attention(q, k.contiguous(), v.contiguous(), window_left, c.deterministic);
   } else if (flash && window == 0 && compat::has_fused_causal_attention) {
     // Training: SDPA, whose backward is known to work with every libtorch here.
     TORCH_CHECK(Q == T && !c.kv, "attention: no query suffix or KV cache under autograd");
@@ -454,7 +455,7 @@ at::Tensor forward_nll(const GptWeights& w, const at::Tensor& inputs, const at::
   const at::ScalarType act = act_type(opt.precision);
   const at::ScalarType math = opt.precision == Precision::F64 ? at::kDouble : at::kFloat;
   Ctx c{w, cfg, act, math, GptNumerics::norm_eps(), opt.segment_ids, opt.lora, at::Tensor(), 0, &opt.linear_input_tap,
-        opt.cast, opt.kv, opt.flash_backward};
+        opt.cast, opt.kv, opt.flash_backward, opt.flash_backward || opt.deterministic_attention};
   TORCH_CHECK(!opt.kv || !opt.segment_ids.defined(), "forward_nll: a KV cache with document masking");
   const int64_t B = inputs.size(0), T = inputs.size(1), d = cfg.model_dim;
   if (opt.segment_ids.defined() && inputs.is_cuda() && !opt.segment_ids.is_cuda()) {

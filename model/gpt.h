@@ -152,10 +152,15 @@ struct ForwardOptions {
   // no parallel lanes at the end. The same values; false for tests.
   bool trim_last_step = true;
   // Under autograd, attention through flash (fused::flash_attention, its
-  // deterministic backward) instead of SDPA: no per-shape cuDNN plans (TTT's
+  // deterministic backward) instead of cuDNN: no per-shape cuDNN plans (TTT's
   // shapes change every step), grouped KV heads and windows without copies
-  // or masks. Training keeps SDPA: one shape, cuDNN's faster kernels.
+  // or masks. Training keeps cuDNN on Hopper: one shape, faster kernels.
   bool flash_backward = false;
+  // Under autograd, attention's backward only through kernels that give the
+  // same bits run to run: flash's deterministic ones, not cuDNN's or flash's
+  // default ones (which add into dq with atomics). pgolf train
+  // --deterministic; implied by flash_backward.
+  bool deterministic_attention = false;
   // Called with the input of every weight matrix product before it runs
   // (act type, [..., in]) and the weight's name -- including the LM head
   // ("tok_emb.weight" when tied), whose input is the final normed hidden state

@@ -81,7 +81,7 @@ inline at::Tensor fused_causal_attention(const at::Tensor&, const at::Tensor&, c
 constexpr bool has_varlen_flash_attention = true;
 // Dense flash attention for autograd (fused::flash_attention's Function;
 // shapes as dense_flash_attention below): the forward keeps what the backward
-// reads; the backward runs flash's deterministic kernels (no atomics in dq).
+// reads (flash_attention_backward).
 struct FlashForward {
   at::Tensor out, lse, rng_state, unused;  // out [B, Q, H, hd]; lse [B, H, Q] float32
 };
@@ -115,18 +115,20 @@ inline at::Tensor dense_flash_attention(const at::Tensor& q, const at::Tensor& k
                                        int64_t window_left) {
   return dense_flash_attention_saved(q, k, v, window_left).out;
 }
-// Flash's backward with its deterministic kernels: ATen decides determinism
-// from the global flag inside the call, so the flag is set for that call
-// only. cu_seqlens undefined: dense batches of max_q / max_k positions.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> deterministic_flash_backward(
+// Flash's backward. deterministic: its kernels without atomics in dq (the
+// same bits run to run, ~6% slower on packed training rows); else its
+// default ones. ATen decides from the global flag inside the call, so the
+// flag is set for that call only. cu_seqlens undefined: dense batches of
+// max_q / max_k positions.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
-    const at::Tensor& cu_seqlens, int64_t max_q, int64_t max_k, int64_t window_left) {
-  struct Deterministic {
+    const at::Tensor& cu_seqlens, int64_t max_q, int64_t max_k, int64_t window_left, bool deterministic) {
+  struct Determinism {
     at::Context& ctx = at::globalContext();
     bool was = ctx.deterministicAlgorithms(), warn_only = ctx.deterministicAlgorithmsWarnOnly();
-    Deterministic() { ctx.setDeterministicAlgorithms(true, false); }
-    ~Deterministic() { ctx.setDeterministicAlgorithms(was, warn_only); }
-  } deterministic;
+    explicit Determinism(bool on) { ctx.setDeterministicAlgorithms(on, false); }
+    ~Determinism() { ctx.setDeterministicAlgorithms(was, warn_only); }
+  } determinism(deterministic);
   return at::_flash_attention_backward(grad, q, k, v, f.out, f.lse, cu_seqlens, cu_seqlens, max_q, max_k,
                                        /*dropout_p=*/0.0, /*is_causal=*/true, f.rng_state, f.unused,
                                        /*scale=*/std::nullopt, /*window_size_left=*/window_left,
@@ -135,14 +137,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> deterministic_flash_backwa
 // -> dq, dk, dv (dk, dv summed over each KV head's query heads).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_backward(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
-    int64_t window_left) {
-  return deterministic_flash_backward(grad, q, k, v, f, at::Tensor(), q.size(1), k.size(1), window_left);
+    int64_t window_left, bool deterministic) {
+  return flash_attention_backward(grad, q, k, v, f, at::Tensor(), q.size(1), k.size(1), window_left, deterministic);
 }
 // The same for packed sequences (cu_seqlens int32 [n + 1]).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_flash_attention_backward(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashForward& f,
-    const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left) {
-  return deterministic_flash_backward(grad, q, k, v, f, cu_seqlens, max_seqlen, max_seqlen, window_left);
+    const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t window_left, bool deterministic) {
+  return flash_attention_backward(grad, q, k, v, f, cu_seqlens, max_seqlen, max_seqlen, window_left, deterministic);
 }
 #else
 constexpr bool has_varlen_flash_attention = false;
@@ -156,7 +158,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_flash_attention_back
                                                                                     const at::Tensor&,
                                                                                     const at::Tensor&,
                                                                                     const at::Tensor&,
-                                                                                    const FlashForward&, int64_t) {
+                                                                                    const FlashForward&, int64_t,
+                                                                                    bool) {
   throw std::runtime_error("flash attention needs libtorch >= 2.6");
 }
 inline at::Tensor dense_flash_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
@@ -172,7 +175,7 @@ inline FlashForward varlen_flash_attention_saved(const at::Tensor&, const at::Te
 }
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_flash_attention_backward(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const FlashForward&, const at::Tensor&,
-    int64_t, int64_t) {
+    int64_t, int64_t, bool) {
   throw std::runtime_error("varlen flash attention needs libtorch >= 2.6");
 }
 #endif

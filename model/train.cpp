@@ -296,6 +296,7 @@ void train_gpt(GptWeights& w, const TokenStream& train, const TrainOptions& o,
   const auto t0 = std::chrono::steady_clock::now();
   ForwardOptions fo;
   fo.precision = o.precision;
+  fo.deterministic_attention = o.deterministic;
   for (int64_t step = 1; step <= o.iterations; ++step) {
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     bool stop = o.stop && o.stop->load();

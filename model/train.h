@@ -75,6 +75,9 @@ struct TrainOptions {
   uint64_t seed = 1337;
   int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
   bool overlap_allreduce = true;    // data parallel: gradient sums start during backward
+  // Attention's backward by kernels that repeat their bits (ForwardOptions::
+  // deterministic_attention): runs repeat on the same GPU, a few % slower.
+  bool deterministic = false;
   double allreduce_bucket_mb = 25;  // data parallel: gradient bucket size, MB of 2^20 bytes (DDP's bucket_cap_mb)
   // Data parallel with a shape per rank (PR #1212's mixed lengths): (rows,
   // sequence length) of each rank's part of the step, in rank order; the

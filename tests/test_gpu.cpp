@@ -76,7 +76,7 @@ TEST_F(Cuda, CausalAttentionMatchesFloat64AndFlash) {
   const int64_t B = 3, T = 256, H = 8, KV = 4, hd = 64;
   const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   const at::Tensor q = at::randn({B, T, H, hd}, bf), k = at::randn({B, T, KV, hd}, bf), v = at::randn({B, T, KV, hd}, bf);
-  const at::Tensor got = fused::causal_attention(q, k, v), flash = fused::flash_attention(q, k, v, -1);
+  const at::Tensor got = fused::causal_attention(q, k, v), flash = fused::flash_attention(q, k, v, -1, true);
   auto f64 = [](const at::Tensor& t) { return t.cpu().to(at::kDouble).transpose(1, 2); };  // [B, H, T, hd]
   const at::Tensor kr = f64(k).repeat_interleave(H / KV, 1), vr = f64(v).repeat_interleave(H / KV, 1);
   at::Tensor sc = at::matmul(f64(q), kr.transpose(-1, -2)) / std::sqrt(double(hd));
@@ -110,7 +110,7 @@ TEST_F(Cuda, CudnnTrainingAttentionMatchesFloat64AndFlash) {
   auto run = [&](bool cudnn) {
     std::vector<at::Tensor> l;
     for (const at::Tensor& t : {q0, k0, v0}) l.push_back(t.clone().requires_grad_(true));
-    const at::Tensor y = cudnn ? fused::cudnn_attention(l[0], l[1], l[2]) : fused::flash_attention(l[0], l[1], l[2], -1);
+    const at::Tensor y = cudnn ? fused::cudnn_attention(l[0], l[1], l[2]) : fused::flash_attention(l[0], l[1], l[2], -1, true);
     std::vector<at::Tensor> out = torch::autograd::grad({(y.to(at::kFloat) * up.to(at::kFloat)).sum()}, l);
     out.insert(out.begin(), y.detach());
     return out;
@@ -193,12 +193,13 @@ TEST_F(Cuda, FusedKernelsMatchTheirReferenceInWholeForwards) {
 // (tensors inside w / lora that require grad), kernels on or off.
 std::vector<at::Tensor> bf16_grads(const GptWeights& w, const LoraSet* lora, const std::vector<at::Tensor>& leaves,
                                    const at::Tensor& in, const at::Tensor& tg, const at::Tensor& mask, bool kernels,
-                                   bool flash = false) {
+                                   bool flash = false, bool deterministic = false) {
   ForwardOptions bf;
   bf.precision = Precision::BF16;
   bf.score_mask = mask;
   bf.lora = lora;
   bf.flash_backward = flash;
+  bf.deterministic_attention = deterministic;
   std::unique_ptr<fused::ReferenceOnly> only;
   if (!kernels) only = std::make_unique<fused::ReferenceOnly>();
   at::Tensor loss = forward_nll(w, in, tg, bf).sum();
@@ -280,9 +281,13 @@ TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
       const std::string what = "config " + std::to_string(&c - &configs[0]) + ", adapters " + std::to_string(adapters);
       EXPECT_LT(ek, 1.5 * ea + 1e-3) << what << ": kernels " << ek << ", ATen " << ea;
       EXPECT_LT(ek, 0.5) << what;
-      // Deterministic: the same gradients twice, bit for bit.
-      const std::vector<at::Tensor> k2 = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true);
-      for (size_t i = 0; i < k.size(); ++i) EXPECT_TRUE(k[i].equal(k2[i])) << "leaf " << i;
+      // Deterministic attention (pgolf train --deterministic): as close, and
+      // the same gradients twice, bit for bit.
+      const std::vector<at::Tensor> d = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true, false, true);
+      const std::vector<at::Tensor> d2 = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true, false, true);
+      const double ed = rel_error(d, ref);
+      EXPECT_LT(ed, 1.5 * ea + 1e-3) << what << ": deterministic attention " << ed << ", ATen " << ea;
+      for (size_t i = 0; i < d.size(); ++i) EXPECT_TRUE(d[i].equal(d2[i])) << "leaf " << i;
       // TTT's attention backward: flash's deterministic kernels (windows and
       // grouped heads direct) instead of SDPA, as close and as repeatable.
       const std::vector<at::Tensor> f = bf16_grads(wg, adapters ? &lg : nullptr, leaves_g, ig, tgg, mg, true, true);
@@ -294,11 +299,11 @@ TEST_F(Cuda, FusedBackwardMatchesFloat64Gradients) {
   }
 }
 
-// Document-packed training on the GPU (varlen flash under autograd, its
-// deterministic backward): the weights' gradients of one packed row with
-// documents against float64 autograd on the CPU (explicit document mask), no
-// further from it than bf16 gradients of the same documents run one per row
-// (dense flash), and the same bits twice.
+// Document-packed training on the GPU (varlen flash under autograd): the
+// weights' gradients of one packed row with documents against float64
+// autograd on the CPU (explicit document mask), no further from it than bf16
+// gradients of the same documents run one per row, with flash's default
+// backward and with its deterministic one, which gives the same bits twice.
 TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
   at::manual_seed(1);
   ModelConfig c = tiny_config();
@@ -313,7 +318,7 @@ TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
   std::vector<int64_t> seg;
   for (size_t d = 0; d < lens.size(); ++d) seg.insert(seg.end(), size_t(lens[d]), int64_t(d));
   const at::Tensor seg_ids = at::tensor(seg, at::kLong).view({1, T});
-  auto grads = [&](const at::Device& dev, Precision p, bool packed, bool host_ids = false) {
+  auto grads = [&](const at::Device& dev, Precision p, bool packed, bool host_ids = false, bool deterministic = true) {
     GptWeights w = w64;
     std::vector<at::Tensor> leaves;
     for (auto& [n, t] : w.tensors) {
@@ -322,6 +327,7 @@ TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
     }
     ForwardOptions fo;
     fo.precision = p;
+    fo.deterministic_attention = deterministic;
     at::Tensor loss;
     if (packed) {
       fo.segment_ids = host_ids ? seg_ids : seg_ids.to(dev);
@@ -345,6 +351,8 @@ TEST_F(Cuda, PackedDocumentGradientsMatchFloat64) {
   EXPECT_LT(ep, 1.5 * er + 1e-3) << "packed " << ep << ", one row per document " << er;
   EXPECT_LT(ep, 0.1);
   for (size_t i = 0; i < packed.size(); ++i) EXPECT_TRUE(packed[i].equal(packed2[i])) << "leaf " << i;
+  const double en = rel_error(grads(at::kCUDA, Precision::BF16, true, false, false), ref);
+  EXPECT_LT(en, 1.5 * er + 1e-3) << "packed, flash's default backward " << en << ", one row per document " << er;
   // Segment ids on the host (what training passes): the same sequences, the same bits.
   const auto host = grads(at::kCUDA, Precision::BF16, true, true);
   for (size_t i = 0; i < packed.size(); ++i) EXPECT_TRUE(packed[i].equal(host[i])) << "host ids, leaf " << i;
