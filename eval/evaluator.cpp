@@ -287,7 +287,8 @@ EvalResult evaluate(const GptWeights& w, const TokenStream& stream, const ByteCo
     ForwardOptions fo;
     fo.precision = o.precision;
     fo.cast = &cast;
-    if (o.doc_mask) fo.segment_ids = to_device((wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1), device);
+    // Document ids stay on the host: the forward finds the sequence starts there, without a device wait.
+    if (o.doc_mask) fo.segment_ids = (wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1);
     return graph.run(wb.inputs, wb.targets, wb.mask, fo);
   };
   if (device.is_cuda() && first < last) {

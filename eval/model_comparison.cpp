@@ -137,7 +137,7 @@ std::vector<ComparisonResult> compare_models(const GptWeights& reference, const 
     ForwardOptions fo;
     fo.precision = o.precision;
     fo.score_mask = wb.mask.to(device);
-    if (o.doc_mask) fo.segment_ids = (wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1).to(device);
+    if (o.doc_mask) fo.segment_ids = (wb.inputs == int64_t(o.bos_id)).to(at::kLong).cumsum(1);  // on the host: no device wait
     const at::Tensor in_d = wb.inputs.to(device), tg_d = wb.targets.to(device);
     const BatchScores ref = score_batch(reference, in_d, tg_d, fo, n);
     std::vector<BatchScores> mod;

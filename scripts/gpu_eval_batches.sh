@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Evaluation speed against the batch size (tokens per forward) and CUDA graphs
 # on the GPU machine: the baseline shape (vocab 8192, 9x512, L=1024) for
-# standard and sliding S=64 evaluation, the frontier shape (L=2048) for
-# standard evaluation, freshly initialised models over ../shared's val shard.
+# standard and sliding S=64 evaluation (also with --doc-mask), the frontier
+# shape (L=2048) for standard evaluation, freshly initialised models over
+# ../shared's val shard.
 # SKIP_BUILD=1 reuses build-gpu. Prints one row per run last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,12 @@ for bt in ${SW_BATCHES:-32768 131072 262144}; do
   one baseline-sliding64 /tmp/base.h5 "$bt" --stride 64
   one baseline-sliding64 /tmp/base.h5 "$bt" --stride 64 --no-cuda-graphs
 done
+# Document-masked attention (varlen flash; no CUDA graphs): sliding windows and
+# standard evaluation, the frontier record's evaluation mode.
+one baseline-sliding64-docmask /tmp/base.h5 32768 --stride 64 --doc-mask
+one baseline-sliding64-docmask /tmp/base.h5 131072 --stride 64 --doc-mask
+one baseline-standard-docmask /tmp/base.h5 32768 --doc-mask
+one frontier-standard-docmask /tmp/frontier.h5 65536 --doc-mask
 for bt in ${FR_BATCHES:-65536 262144 524288}; do
   one frontier-standard /tmp/frontier.h5 "$bt"
   one frontier-standard /tmp/frontier.h5 "$bt" --no-cuda-graphs
