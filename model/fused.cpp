@@ -287,12 +287,10 @@ struct CudnnAttentionFn : torch::autograd::Function<CudnnAttentionFn> {
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     if (!g[0].defined()) return variable_list(3);
     const variable_list s = ctx->get_saved_variables();
-    auto tensor = [&](const char* key) {
-      const c10::IValue& x = ctx->saved_data[key];
-      return x.isTensor() ? x.toTensor() : at::Tensor();
-    };
-    auto [gq, gk, gv] =
-        compat::cudnn_attention_backward(g[0], s[0], s[1], s[2], {s[3], s[4], tensor("seed"), tensor("offset")});
+    auto [gq, gk, gv] = compat::cudnn_attention_backward(
+        g[0], s[0], s[1], s[2],
+        {s[3], s[4], compat::tensor_or_undefined(ctx->saved_data["seed"]),
+         compat::tensor_or_undefined(ctx->saved_data["offset"])});
     return {gq, gk, gv};
   }
 };

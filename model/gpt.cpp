@@ -146,6 +146,7 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
   // Flash kernels take head dims that are multiples of 8 up to 256.
   const bool flash = c.act == at::kBFloat16 && q.is_cuda() && compat::has_varlen_flash_attention && hd % 8 == 0 &&
                      hd <= 256;
+  const bool grad = c10::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   at::Tensor y;
   if (flash && c.segment_ids.defined()) {
     // Documents (and rows) as packed sequences; the window as flash's left window.
@@ -153,12 +154,11 @@ at::Tensor attn_forward(const Ctx& c, int step, int layer, const at::Tensor& n, 
     y = fused::varlen_flash_attention(q.view({B * T, H, hd}), k.view({B * T, KV, hd}), v.reshape({B * T, KV, hd}),
                                       c.cu_seqlens, c.max_seqlen, window_left, c.deterministic)
             .view({B, T, H, hd});
-  } else if (flash && window_left < 0 && Q == T && !c.kv && !c.deterministic && c10::GradMode::is_enabled() &&
-             (q.requires_grad() || k.requires_grad() || v.requires_grad()) && fused::cudnn_attention_applies(q)) {
+  } else if (flash && grad && window_left < 0 && Q == T && !c.kv && !c.deterministic &&
+             fused::cudnn_attention_applies(q)) {
     // Training (a gradient recorded, no determinism asked for): cuDNN's kernels on Hopper.
     y = fused::cudnn_attention(q, k, v);
-  } else if (flash && (c.flash_backward || !(c10::GradMode::is_enabled() &&
-                                              (q.requires_grad() || k.requires_grad() || v.requires_grad())))) {
+  } else if (flash && (c.flash_backward || !grad)) {
     // Causal mask aligned bottom-right: the queries are the last of the keys.
     // Evaluation's whole windows take cuDNN where faster; TTT stays on flash.
     if (!c.flash_backward && window_left < 0 && Q == keys.size(1))

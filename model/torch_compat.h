@@ -208,6 +208,8 @@ inline at::Tensor cudnn_causal_attention(const at::Tensor&, const at::Tensor&, c
 struct CudnnForward {
   at::Tensor out, lse, seed, offset;
 };
+// An optional tensor's value (None: an undefined tensor).
+inline at::Tensor tensor_or_undefined(const c10::IValue& v) { return v.isTensor() ? v.toTensor() : at::Tensor(); }
 #if PGOLF_TORCH_AT_LEAST(2, 6)
 inline bool cudnn_training_attention_available() {
   static const bool ok = c10::Dispatcher::singleton().findSchema({"aten::_cudnn_attention_forward", ""}).has_value() &&
@@ -233,7 +235,6 @@ inline std::vector<c10::IValue> call_by_name(const char* op, const std::map<std:
   h.callBoxed(&stack);
   return stack;
 }
-inline at::Tensor tensor_or_undefined(const c10::IValue& v) { return v.isTensor() ? v.toTensor() : at::Tensor(); }
 inline CudnnForward cudnn_attention_saved(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const std::vector<c10::IValue> r = call_by_name(
       "aten::_cudnn_attention_forward",

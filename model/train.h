@@ -72,12 +72,12 @@ struct TrainOptions {
   uint16_t bos_id = 1;
   double enable_looping_at = 0;     // depth recurrence from this fraction of the run on (of iterations, or of max_seconds)
   Precision precision = Precision::F32;
-  uint64_t seed = 1337;
-  int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
-  bool overlap_allreduce = true;    // data parallel: gradient sums start during backward
   // Attention's backward by kernels that repeat their bits (ForwardOptions::
   // deterministic_attention): runs repeat on the same GPU, a few % slower.
   bool deterministic = false;
+  uint64_t seed = 1337;
+  int rank = 0, world = 1;          // data parallel: the ranks joined with init_ranks
+  bool overlap_allreduce = true;    // data parallel: gradient sums start during backward
   double allreduce_bucket_mb = 25;  // data parallel: gradient bucket size, MB of 2^20 bytes (DDP's bucket_cap_mb)
   // Data parallel with a shape per rank (PR #1212's mixed lengths): (rows,
   // sequence length) of each rank's part of the step, in rank order; the
